@@ -40,6 +40,13 @@ class ModelEntry:
     description: str = ""
 
 
+class UnknownModelError(KeyError):
+    """A model name that is not registered; ``args[0]`` is a one-line message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 _REGISTRY: dict[str, ModelEntry] = {}
 _loaded = False
 
@@ -99,14 +106,14 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    """The :class:`ModelEntry` for ``name``; ``KeyError`` with close matches if unknown."""
+    """The :class:`ModelEntry` for ``name``; :class:`UnknownModelError` with close matches if unknown."""
     import difflib
 
     _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see `videoapp models`)"
-        raise KeyError(f"unknown model '{name}'{hint}")
+        raise UnknownModelError(f"unknown model '{name}'{hint}")
     return _REGISTRY[name]
 
 
@@ -151,14 +158,12 @@ def create_model(
         overrides["num_classes"] = num_classes
     model = entry.factory(**overrides)
     if state_dict is not None:
+        # import_checkpoint already checked names and shapes; only a replaced head may be absent.
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.startswith("head.") or any(s.startswith("head.") for s in state_dict)]
-        if missing or unexpected:
+        if unexpected or any(not k.startswith("head.") for k in missing):
             from videoapp.weights import CheckpointError
 
-            raise CheckpointError(
-                f"weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+            raise CheckpointError(f"weights do not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.labels = labels
     model.data_config = data_config
     model.model_name = name

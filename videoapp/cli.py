@@ -1,0 +1,319 @@
+"""Command-line front end: ``videoapp <command> ...`` (also ``python -m videoapp``).
+
+Exit status: 0 on success, 2 on bad input (one line on stderr, never a
+traceback), 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "videoapp"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one sub-command per job)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Video understanding: recognise actions in your videos with MViTv2 / Hiera models.",
+        epilog="Run 'videoapp COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "predict",
+        help="top-k actions for whole clips and, with --window-s/--stride-s, a timeline",
+        description=(
+            "Predict actions in video files. Each clip is scored on several views (clips spread "
+            "over the video x crops, averaged); with --window-s/--stride-s it is also scored per "
+            "window, decoded in one sequential pass. Without --weights the shipped default model is used."
+        ),
+    )
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="video files (anything ffmpeg decodes: mp4, avi, mkv, webm, ...)")
+    p.add_argument("--weights", metavar="W", help="weights file: ours (.safetensors) or a reference checkpoint (then also --model)")
+    p.add_argument("--model", metavar="NAME", help="registry name (see 'videoapp models'); needed for reference checkpoints")
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to report (default 5)")
+    p.add_argument("--window-s", type=_positive_float, metavar="S", help="timeline window length in seconds (default: one clip span)")
+    p.add_argument("--stride-s", type=_positive_float, metavar="S", help="timeline step in seconds (default: the window length)")
+    p.add_argument("--clips", type=_positive_int, default=5, metavar="N", help="clips spread over the video for the whole-video score (default 5)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial crops per clip: 1 centre or 3 along the long side (default 1)")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format (default text)")
+    p.add_argument("--out", metavar="FILE", help="write the result to FILE instead of standard output")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast: about 2x faster on recent CPUs and GPUs")
+    p.add_argument("--batch-size", type=_positive_int, default=4, metavar="N", help="clips per forward pass (default 4)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log decoding backend and model details to stderr")
+    p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list registered model architectures", description="List registered model architectures.")
+    m.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'mvitv2*'")
+    m.set_defaults(func=cmd_models)
+
+    w = sub.add_parser("weights", help="list, import and convert weights", description="Manage weights files.")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=_Parser)
+    wl = wsub.add_parser("list", help="show the weights in the weights folder", description="Show the weights files in the weights folder and their metadata.")
+    wl.add_argument("--dir", metavar="DIR", help="folder to list (default: the shipped weights/ folder)")
+    wl.set_defaults(func=cmd_weights_list)
+    wi = wsub.add_parser(
+        "import",
+        help="convert a reference checkpoint (torchvision, SlowFast, ...) to our format",
+        description="Convert a checkpoint of a reference implementation into a .safetensors file with metadata.",
+    )
+    wi.add_argument("src", metavar="SRC", help="checkpoint file (.pth, .pyth, .safetensors)")
+    wi.add_argument("--model", required=True, metavar="NAME", help="registry name of the target model")
+    wi.add_argument("--source", default="auto", help="checkpoint format (default: detected from the key names)")
+    wi.add_argument("--out", required=True, metavar="FILE", help="output .safetensors path")
+    wi.set_defaults(func=cmd_weights_import)
+    w.set_defaults(func=lambda args: _help_and_fail(w))
+    return parser
+
+
+def _version() -> str:
+    from videoapp import __version__
+
+    return __version__
+
+
+def _help_and_fail(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _make_predictor(args: argparse.Namespace):
+    from videoapp.engine.predict import Predictor
+    from videoapp.models.registry import create_model, get_model_entry
+    from videoapp.weights import default_weights
+
+    weights = args.weights
+    if weights is not None and not Path(weights).is_file():
+        raise UsageError(f"{weights}: no such weights file")
+    if weights is None:
+        weights = default_weights()
+    if weights is None:
+        name = args.model or "mvitv2_xxs_8x64"
+        get_model_entry(name)
+        print(
+            f"{PROG}: warning: no trained weights available; using an UNTRAINED {name} "
+            "(random weights: the predictions are meaningless)",
+            file=sys.stderr,
+        )
+        model = create_model(name, num_classes=10)
+        model.labels = [f"untrained_{i}" for i in range(10)]
+        return Predictor(model, device=args.device, bf16=args.bf16, num_clips=args.clips, num_crops=args.crops, batch_size=args.batch_size)
+    return Predictor(
+        weights, model_name=args.model, device=args.device, bf16=args.bf16,
+        num_clips=args.clips, num_crops=args.crops, batch_size=args.batch_size,
+    )
+
+
+def _format_text(pred) -> str:
+    lines = [f"{pred.video}  ({pred.model}, {pred.duration_s:.1f} s, {pred.views} views)"]
+    width = max(len(s.label) for s in pred.top_k)
+    for rank, s in enumerate(pred.top_k, 1):
+        lines.append(f"  {rank}. {s.label:<{width}}  {s.score:.3f}")
+    if pred.windows:
+        lines.append("  timeline:")
+        for w in pred.windows:
+            best = ", ".join(f"{s.label} {s.score:.2f}" for s in w.top_k[:3])
+            lines.append(f"    {w.start_s:7.2f}-{w.end_s:7.2f} s  {best}")
+    return "\n".join(lines) + "\n"
+
+
+def _format_csv(preds) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["video", "start_s", "end_s", "rank", "label", "score"])
+    for pred in preds:
+        for rank, s in enumerate(pred.top_k, 1):
+            writer.writerow([pred.video, "", "", rank, s.label, f"{s.score:.6f}"])
+        for w in pred.windows:
+            for rank, s in enumerate(w.top_k, 1):
+                writer.writerow([pred.video, f"{w.start_s:.3f}", f"{w.end_s:.3f}", rank, s.label, f"{s.score:.6f}"])
+    return buf.getvalue()
+
+
+def _write_output(text: str, out: str | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"{out}: is a directory")
+    if not path.parent.exists():
+        raise UsageError(f"{out}: folder {path.parent} does not exist")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``videoapp predict``: see ``build_parser``."""
+    from videoapp.data.video import VideoError
+
+    predictor = _make_predictor(args)
+    if args.verbose:
+        print(f"{PROG}: model {predictor.model_name}, {predictor.num_frames}x{predictor.sampling_rate} frames, "
+              f"{len(predictor.labels)} classes", file=sys.stderr)
+    preds, failed = [], 0
+    for clip in args.clips:
+        try:
+            preds.append(predictor.predict(clip, top_k=args.top_k, window=args.window_s, stride=args.stride_s))
+        except VideoError as exc:
+            failed += 1
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            continue
+        if args.format == "text" and args.out is None:
+            _write_output(_format_text(preds[-1]), None)
+    if args.format == "json":
+        payload: Any = [p.to_dict() for p in preds]
+        if len(args.clips) == 1 and preds:
+            payload = payload[0]
+        _write_output(json.dumps(payload, indent=2) + "\n", args.out)
+    elif args.format == "csv":
+        _write_output(_format_csv(preds), args.out)
+    elif args.out is not None:
+        _write_output("".join(_format_text(p) for p in preds), args.out)
+    return 2 if failed else 0
+
+
+# ---------------------------------------------------------------- models / weights
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``videoapp models``: registered architectures with their clip protocol."""
+    from videoapp.models.registry import get_model_entry, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise UsageError(f"no model matches '{args.pattern}'")
+    rows = []
+    for name in names:
+        e = get_model_entry(name)
+        d = e.data
+        rows.append((name, e.family, f"{d['num_frames']}x{d['sampling_rate']}", f"{d['crop_size']}px", e.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    """``videoapp weights list``: the weights files of a folder and what they hold."""
+    from videoapp.weights import WEIGHTS_DIR, CheckpointError, read_metadata
+
+    folder = Path(args.dir) if args.dir else WEIGHTS_DIR
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        print(f"no weights in {folder}")
+        return 0
+    for f in files:
+        try:
+            meta = read_metadata(f)
+        except CheckpointError as exc:
+            print(f"{f.name}  (unreadable: {exc})")
+            continue
+        labels = meta.get("labels") or []
+        metrics = meta.get("metrics") or {}
+        extra = "  ".join(f"{k}={v}" for k, v in metrics.items()) if isinstance(metrics, dict) else ""
+        print(f"{f.name}  model={meta.get('model', '?')}  classes={len(labels)}  "
+              f"clip={meta.get('num_frames', '?')}x{meta.get('sampling_rate', '?')}  source={meta.get('source', '?')}  {extra}".rstrip())
+    return 0
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    """``videoapp weights import``: reference checkpoint -> our .safetensors with metadata."""
+    from videoapp.weights import import_checkpoint, metadata_for, save_weights
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"{args.out}: the output must end in .safetensors")
+    state, report = import_checkpoint(args.src, args.model, source=args.source)
+    save_weights(out, state, metadata_for(report, source=f"{report.source}:{Path(args.src).name}"))
+    for note in report.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(f"wrote {out} ({args.model}, {report.num_classes} classes, from {report.source})")
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format=f"{PROG}: %(message)s",
+    )
+    from videoapp.data.video import VideoError
+    from videoapp.models.registry import UnknownModelError
+    from videoapp.weights import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, VideoError, CheckpointError, UnknownModelError, ValueError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _one_line(exc: object) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -49,7 +49,8 @@ def test_whole_video_is_the_mean_over_views(model, video):
 def test_views_follow_the_weights_sampling_rate(model):
     views = Predictor(model, num_clips=2).clip_indices(100)
     for v in views:
-        assert np.all(np.diff(v) == 3)
+        # PySlowFast spreads num_frames over one span of num_frames * rate frames.
+        assert v[-1] - v[0] == 8 * 3 - 1 and set(np.diff(v)) <= {3, 4}
     # A video shorter than one clip gives one view, not several identical ones.
     short = Predictor(model, num_clips=5).clip_indices(10)
     assert len(short) == 1
@@ -59,10 +60,10 @@ def test_timeline_windows_are_centred_clips_at_the_trained_rate(model, video):
     p = Predictor(model)
     wins = p.windows(100, 25.0, window_s=1.0, stride_s=1.0)
     assert [(w.start_s, w.end_s) for w in wins] == [(0, 1), (1, 2), (2, 3), (3, 4)]
-    for w in wins:
-        assert np.all(np.diff(w.indices) == 3)
+    for w in wins[1:-1]:
+        assert w.indices[-1] - w.indices[0] == 8 * 3 - 1
         centre = (w.start_s + w.end_s) / 2 * 25
-        assert abs(w.indices.mean() - (centre - 0.5)) <= 1.5
+        assert abs((w.indices[0] + w.indices[-1]) / 2 - centre) <= 1
     assert wins[0].indices.min() == 0 and wins[-1].indices.max() == 99
 
 

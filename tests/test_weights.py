@@ -45,7 +45,7 @@ def test_save_requires_model_name(tmp_path):
         (lambda p: p.mkdir(), "is a directory"),
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_text("this is not a checkpoint\n" * 10), "not a readable checkpoint"),
-        (lambda p: torch.save({"epoch": 3}, p), "no state dict"),
+        (lambda p: torch.save({"epoch": 3}, p), "holds no tensors"),
     ],
     ids=["missing", "directory", "empty", "text", "no-tensors"],
 )

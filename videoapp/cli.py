@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to report (default 5)")
     p.add_argument("--window-s", type=_positive_float, metavar="S", help="timeline window length in seconds (default: one clip span)")
     p.add_argument("--stride-s", type=_positive_float, metavar="S", help="timeline step in seconds (default: the window length)")
-    p.add_argument("--clips", type=_positive_int, default=5, metavar="N", help="clips spread over the video for the whole-video score (default 5)")
+    p.add_argument("--clips", dest="num_clips", type=_positive_int, default=5, metavar="N", help="clips spread over the video for the whole-video score (default 5)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial crops per clip: 1 centre or 3 along the long side (default 1)")
     p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format (default text)")
     p.add_argument("--out", metavar="FILE", help="write the result to FILE instead of standard output")
@@ -141,10 +141,10 @@ def _make_predictor(args: argparse.Namespace):
         )
         model = create_model(name, num_classes=10)
         model.labels = [f"untrained_{i}" for i in range(10)]
-        return Predictor(model, device=args.device, bf16=args.bf16, num_clips=args.clips, num_crops=args.crops, batch_size=args.batch_size)
+        return Predictor(model, device=args.device, bf16=args.bf16, num_clips=args.num_clips, num_crops=args.crops, batch_size=args.batch_size)
     return Predictor(
         weights, model_name=args.model, device=args.device, bf16=args.bf16,
-        num_clips=args.clips, num_crops=args.crops, batch_size=args.batch_size,
+        num_clips=args.num_clips, num_crops=args.crops, batch_size=args.batch_size,
     )
 
 

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from videoapp.data.sampling import Window, iter_window_clips, multiview_indices, uniform_indices
+from videoapp.data.sampling import (
+    Window,
+    clip_indices,
+    iter_window_clips,
+    multiview_indices,
+    sliding_windows,
+    uniform_indices,
+)
 from videoapp.data.transforms import ClipTransform
 from videoapp.data.video import VideoError, VideoReader
 
@@ -193,28 +200,20 @@ class Predictor:
     def windows(self, num_video_frames: int, fps: float, window_s: float, stride_s: float) -> list[Window]:
         """Timeline windows of ``window_s`` seconds every ``stride_s`` seconds.
 
-        Each window is scored on one clip sampled the way the weights were
-        trained (``num_frames`` at ``sampling_rate``, or uniform over the window),
-        centred in the window and clamped to the video.
+        Spans come from :func:`~videoapp.data.sampling.sliding_windows` (the last
+        window is aligned to the end). Each window is scored on one clip sampled
+        the way the weights were trained: ``num_frames`` over one clip span
+        (``num_frames * sampling_rate`` frames, PySlowFast's index formula)
+        centred in the window and clamped to the video, or uniform over the
+        window for ``sampling="uniform"`` weights.
         """
-        if window_s <= 0 or stride_s <= 0:
-            raise ValueError("window and stride must be positive seconds")
-        duration = num_video_frames / fps
-        starts = np.arange(0.0, max(duration - window_s, 0.0) + 1e-9, stride_s)
-        if len(starts) == 0 or starts[-1] + window_s < duration - 1e-6:
-            starts = np.append(starts, max(duration - window_s, 0.0))
-        out = []
-        for s in starts:
-            e = min(s + window_s, duration)
-            first, last = int(round(s * fps)), max(int(round(e * fps)) - 1, int(round(s * fps)))
-            if self.sampling == "uniform":
-                idx = first + uniform_indices(last - first + 1, self.num_frames)
-            else:
-                centre = (first + last) / 2.0
-                idx = np.round(centre - (self.clip_span - self.sampling_rate) / 2.0 + np.arange(self.num_frames) * self.sampling_rate)
-            idx = np.clip(idx, 0, num_video_frames - 1).astype(np.int64)
-            out.append(Window(start_s=round(float(s), 3), end_s=round(float(e), 3), indices=idx))
-        return out
+        wins = sliding_windows(num_video_frames, fps, window_s, stride_s, self.num_frames)
+        if self.sampling == "uniform":
+            return wins
+        for w in wins:
+            centre = (w.start_s + w.end_s) / 2.0 * fps
+            w.indices = clip_indices(num_video_frames, self.num_frames, round(centre - self.clip_span / 2.0), self.clip_span)
+        return wins
 
     def predict(
         self,

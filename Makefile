@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_mvit.py
+	$(PY) benchmarks/bench_hiera.py
 
 clean:
 	rm -rf $(VENV) out .bench .pytest_cache

@@ -204,3 +204,28 @@ def test_weights_import_and_list(capsys, tmp_path):
     assert code == 0 and "k400_s.safetensors" in stdout and "model=mvitv2_s_16x4" in stdout and "classes=400" in stdout
     code, _, err = run_cli(capsys, "weights", "import", src, "--model", "mvitv2_b_32x3", "--out", tmp_path / "b.safetensors")
     assert code == 2 and "does not fit mvitv2_b_32x3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_weights_inflate_end_to_end(capsys, tmp_path):
+    """An inflated timm image checkpoint, loaded from the written file, reproduces the image model on still clips."""
+    import timm
+
+    from random_weights import randomise
+
+    torch.manual_seed(0)
+    image_model = timm.create_model("hiera_tiny_224", pretrained=False).eval()
+    randomise(image_model)
+    src = tmp_path / "hiera_tiny_224.pth"
+    torch.save(image_model.state_dict(), src)
+    out = tmp_path / "hiera_tiny_16x224_inflated.safetensors"
+    code, stdout, err = run_cli(capsys, "weights", "inflate", src, "--model", "hiera_tiny_16x224", "--out", out)
+    assert code == 0, err
+    assert "1000 classes" in stdout and "centre-frame" in stdout
+    video_model = create_model("hiera_tiny_16x224", pretrained=str(out)).eval()
+    frame = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        expected = image_model(frame)  # timm returns logits (no softmax)
+        got = video_model(frame[:, :, None].expand(-1, -1, 16, -1, -1))
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    code, _, err = run_cli(capsys, "weights", "inflate", src, "--model", "hiera_base_16x224", "--out", tmp_path / "b.safetensors")
+    assert code == 2 and len(err.strip().splitlines()) == 1

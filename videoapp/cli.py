@@ -103,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     wi.add_argument("--source", default="auto", help="checkpoint format (default: detected from the key names)")
     wi.add_argument("--out", required=True, metavar="FILE", help="output .safetensors path")
     wi.set_defaults(func=cmd_weights_import)
+    wf = wsub.add_parser(
+        "inflate",
+        help="turn a 2D image checkpoint (timm, official) into a 3D video model",
+        description=(
+            "Inflate an image checkpoint into a video model of the same family and size: patch-stem and "
+            "pooling kernels get the 2D kernel in their middle time slice (zeros elsewhere), temporal "
+            "position tables start at zero, spatial tables are resized only when the crop size changes. "
+            "The result reproduces the image model on a clip of identical frames; fine-tune it on video."
+        ),
+    )
+    wf.add_argument("src", metavar="IMAGE_CKPT", help="image checkpoint (.pth, .safetensors)")
+    wf.add_argument("--model", required=True, metavar="NAME", help="registry name of the video model, e.g. hiera_base_16x224")
+    wf.add_argument("--num-classes", type=_positive_int, metavar="N", help="new head size (default: keep the image head)")
+    wf.add_argument("--source", default="auto", help="checkpoint format (default: detected from the key names)")
+    wf.add_argument("--out", required=True, metavar="FILE", help="output .safetensors path")
+    wf.set_defaults(func=cmd_weights_inflate)
     w.set_defaults(func=lambda args: _help_and_fail(w))
     return parser
 
@@ -277,6 +293,26 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(f"wrote {out} ({args.model}, {report.num_classes} classes, from {report.source})")
+    return 0
+
+
+def cmd_weights_inflate(args: argparse.Namespace) -> int:
+    """``videoapp weights inflate``: image checkpoint -> video model weights with metadata."""
+    from videoapp.models.inflate import inflate_checkpoint
+    from videoapp.models.registry import get_model_entry
+    from videoapp.weights import save_weights
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"{args.out}: the output must end in .safetensors")
+    state, report = inflate_checkpoint(args.src, args.model, num_classes=args.num_classes, source=args.source)
+    meta = {"model": args.model, **get_model_entry(args.model).data, "source": f"inflated:{report.source}:{Path(args.src).name}"}
+    save_weights(out, state, meta)
+    print(
+        f"wrote {out} ({args.model}, {report.num_classes} classes; {len(report.copied)} copied, "
+        f"{len(report.centre_frame)} centre-frame, {len(report.zeroed)} zeroed, {len(report.resized)} resized, "
+        f"{len(report.fresh)} fresh)"
+    )
     return 0
 
 

@@ -210,6 +210,28 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
         raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 
+def ssv2_slowfast_preprocessing(model_name: str) -> dict[str, Any]:
+    """Preprocessing that reproduces SlowFast's SSv2 test pipeline for ``model_name``.
+
+    SlowFast samples SSv2 uniformly (one frame per segment, ``get_seq_frames``).
+    Its SSv2 loader decodes frames with OpenCV (BGR) and ``REVERSE_INPUT_CHANNEL``
+    flips them back, so the network sees RGB: our RGB frames need no flip.
+    The flip happens *after* normalisation, though, so per-channel mean/std
+    (ImageNet stats in the L config) were applied in BGR order: the effective
+    RGB statistics are the configured ones reversed. (``INV_UNIFORM_SAMPLE``
+    only changes training scale jitter, nothing at test time.)
+    """
+    from videoapp.models.registry import get_model_entry
+
+    data = get_model_entry(model_name).data
+    return {
+        "sampling": "uniform",
+        "channel_order": "rgb",
+        "mean": list(reversed(data["mean"])),
+        "std": list(reversed(data["std"])),
+    }
+
+
 def import_checkpoint(
     path: str | os.PathLike, model_name: str, source: str = "auto"
 ) -> tuple[dict[str, torch.Tensor], ImportReport]:
@@ -260,9 +282,8 @@ def import_checkpoint(
         report.labels = list(load_labels(dataset))
         report.notes.append(f"labels assumed from the class count: {dataset}")
         if dataset == "ssv2" and source == "slowfast":
-            # SlowFast's SSv2 configs set REVERSE_INPUT_CHANNEL and INV_UNIFORM_SAMPLE.
-            report.data_config.update(channel_order="bgr", sampling="uniform")
-            report.notes.append("SSv2 SlowFast checkpoint: BGR input and uniform sampling")
+            report.data_config.update(ssv2_slowfast_preprocessing(model_name))
+            report.notes.append("SSv2 SlowFast checkpoint: uniform temporal sampling over the whole video")
     if report.labels is not None and num_classes is not None and len(report.labels) != num_classes:
         raise CheckpointError(f"{path}: {len(report.labels)} labels for a {num_classes}-class head")
     return state, report

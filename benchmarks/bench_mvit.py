@@ -1,0 +1,154 @@
+"""MViTv2-S speed and memory: torchvision ``mvit_v2_s`` vs our ``mvitv2_s_16x4``.
+
+Run: ``python benchmarks/bench_mvit.py`` (not a test; about a minute on 2 cores).
+
+Both models carry the same weights: torchvision's randomly initialised
+``mvit_v2_s`` (seed 0) is saved under ``.bench/`` and imported into ours with
+:func:`videoapp.weights.import_checkpoint`, the path a user takes. Both get the
+same random clip ``[1, 3, 16, 224, 224]``, with ``torch.set_num_threads(2)``,
+in float32 and under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+Timing: one warm-up call per configuration, then ``--reps`` rounds that run
+every configuration once each (interleaved, so noise on this VM hits all of
+them alike); "best s" is the best round, "median s" the median. "speed-up" is
+torchvision's best time over ours, same dtype. "max rel diff" is
+``max|logits - ref| / max|ref|`` against torchvision float32.
+
+Peak memory: one more call per configuration; the process's peak resident
+memory (VmHWM, reset through ``/proc/self/clear_refs`` after ``malloc_trim``)
+minus its resident memory just before the call, in MiB. Linux only (``-``
+elsewhere).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BENCH_DIR = ROOT / ".bench"
+
+
+# ---------------------------------------------------------------------------- memory
+def _proc_status_kib(field: str) -> Optional[int]:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), ``None`` if unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Give freed heap back to the OS, then make VmHWM restart from the current RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> Optional[float]:
+    """Extra resident memory at the peak of ``fn()``, in MiB (``None`` where it cannot be measured)."""
+    if not _reset_peak_rss():
+        return None
+    before = _proc_status_kib("VmRSS")
+    fn()
+    peak = _proc_status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return (peak - before) / 1024
+
+
+# ---------------------------------------------------------------------------- models
+def build_models(checkpoint: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """torchvision ``mvit_v2_s`` (seed 0) and ours with its weights imported from ``checkpoint``."""
+    from torchvision.models.video import mvit_v2_s
+
+    from videoapp.models import create_model
+
+    torch.manual_seed(0)
+    reference = mvit_v2_s(weights=None).eval()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), checkpoint)
+    ours = create_model("mvitv2_s_16x4", pretrained=str(checkpoint)).eval()
+    return reference, ours
+
+
+def run_fn(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], torch.Tensor]:
+    """A no-argument inference call of ``model(x)`` in float32 or under bf16 autocast."""
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            if dtype == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return model(x)
+            return model(x)
+
+    return call
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the benchmark and print the table; returns the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per forward (default 1)")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 only")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    reference, ours = build_models(BENCH_DIR / "mvit_v2_s_random_seed0.pth")
+    x = torch.randn(args.batch, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
+
+    dtypes = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
+    configs = [(impl, model, dt) for dt in dtypes for impl, model in (("torchvision", reference), ("videoapp", ours))]
+    calls = {(impl, dt): run_fn(model, x, dt) for impl, model, dt in configs}
+
+    logits = {key: fn().float() for key, fn in calls.items()}  # warm-up
+    ref = logits[("torchvision", "fp32")]
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for _ in range(args.reps):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    memory = {key: peak_memory_mib(fn) for key, fn in calls.items()}
+
+    print(f"MViTv2-S forward, input {tuple(x.shape)}, {args.threads} threads, torch {torch.__version__}, "
+          f"{platform.machine()}, best/median of {args.reps} after 1 warm-up")
+    header = f"{'impl':12s} {'dtype':5s} {'best s':>8s} {'median s':>9s} {'speed-up':>9s} {'max rel diff':>13s} {'peak MiB':>9s}"
+    print(header)
+    print("-" * len(header))
+    for (impl, dt), ts in times.items():
+        best = min(ts)
+        base = min(times[("torchvision", dt)])
+        diff = float((logits[(impl, dt)] - ref).abs().max() / ref.abs().max())
+        mem = memory[(impl, dt)]
+        mem_s = f"{mem:9.0f}" if mem is not None else f"{'-':>9s}"
+        print(f"{impl:12s} {dt:5s} {best:8.3f} {statistics.median(ts):9.3f} {base / best:8.2f}x {diff:13.1e} {mem_s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -134,5 +134,5 @@ def test_unused_image_keys_are_an_error(timm_tiny, tmp_path):
 def test_non_hiera_checkpoint_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, path)
-    with pytest.raises(CheckpointError, match="not an image checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot tell the checkpoint format"):
         inflate_checkpoint(path, "hiera_tiny_16x224")

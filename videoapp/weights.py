@@ -232,23 +232,22 @@ def ssv2_slowfast_preprocessing(model_name: str) -> dict[str, Any]:
     }
 
 
-def import_checkpoint(
+def read_and_convert(
     path: str | os.PathLike, model_name: str, source: str = "auto"
-) -> tuple[dict[str, torch.Tensor], ImportReport]:
-    """Read ``path`` and convert it into a state dict for registry model ``model_name``.
+) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
+    """Read ``path`` and map its keys to ours with the converter of ``model_name``'s family.
 
-    ``source`` names the checkpoint's format ("videoapp", "torchvision",
-    "slowfast", ... as offered by the family's ``CONVERTERS``) or "auto" to
-    sniff it from the key names. The result is checked strictly: a missing or
-    unexpected key or a shape mismatch raises :class:`CheckpointError` naming
-    them. Returns ``(state_dict, report)``.
+    ``source`` is a key of the family's ``CONVERTERS`` or "auto" (our own files
+    are recognised by their metadata, others by the family's ``detect_source``).
+    Returns ``(state_dict, source, metadata)``; nothing is checked against the
+    model's shapes here (import and inflation check differently).
     """
-    from videoapp.models.registry import family_module, get_model_entry
+    from videoapp.models.registry import UnknownModelError, family_module, get_model_entry
 
     try:
         get_model_entry(model_name)
-    except KeyError as exc:
-        raise CheckpointError(str(exc.args[0])) from None
+    except UnknownModelError as exc:
+        raise CheckpointError(str(exc)) from None
     raw, meta = load_raw_checkpoint(path)
     family = family_module(model_name)
     converters: dict = getattr(family, "CONVERTERS", {})
@@ -261,14 +260,29 @@ def import_checkpoint(
             )
     if source not in converters:
         raise CheckpointError(
-            f"{path}: {model_name} cannot import '{source}' checkpoints (known: {', '.join(sorted(converters))})"
+            f"{path}: {model_name} cannot read '{source}' checkpoints (known: {', '.join(sorted(converters))})"
         )
-    if meta.get("model") and meta["model"] != model_name:
-        raise CheckpointError(f"{path}: weights are for '{meta['model']}', not '{model_name}'")
     try:
         state = converters[source](dict(raw))
     except KeyError as exc:
         raise CheckpointError(f"{path}: not a {source} checkpoint for {model_name} (missing key {exc})") from None
+    return state, source, meta
+
+
+def import_checkpoint(
+    path: str | os.PathLike, model_name: str, source: str = "auto"
+) -> tuple[dict[str, torch.Tensor], ImportReport]:
+    """Read ``path`` and convert it into a state dict for registry model ``model_name``.
+
+    ``source`` names the checkpoint's format ("videoapp", "torchvision",
+    "slowfast", ... as offered by the family's ``CONVERTERS``) or "auto" to
+    sniff it from the key names. The result is checked strictly: a missing or
+    unexpected key or a shape mismatch raises :class:`CheckpointError` naming
+    them. Returns ``(state_dict, report)``.
+    """
+    state, source, meta = read_and_convert(path, model_name, source)
+    if meta.get("model") and meta["model"] != model_name:
+        raise CheckpointError(f"{path}: weights are for '{meta['model']}', not '{model_name}'")
     head = state.get("head.fc.weight")
     num_classes = int(head.shape[0]) if head is not None else None
     check_state_dict(state, expected_shapes(model_name, num_classes), f"{path} does not fit {model_name}")

@@ -222,24 +222,10 @@ def inflate_checkpoint(path: str | os.PathLike, model_name: str, num_classes: in
     image model is not of this family or size). Raises
     :class:`videoapp.weights.CheckpointError` with one line on any mismatch.
     """
-    from videoapp.models.registry import create_model, family_module, get_model_entry
-    from videoapp.weights import CheckpointError, load_raw_checkpoint
+    from videoapp.models.registry import create_model
+    from videoapp.weights import CheckpointError, read_and_convert
 
-    try:
-        get_model_entry(model_name)
-    except KeyError as exc:
-        raise CheckpointError(str(exc.args[0])) from None
-    raw, _ = load_raw_checkpoint(path)
-    module = family_module(model_name)
-    converters = getattr(module, "CONVERTERS", {})
-    if source == "auto":
-        source = module.detect_source(raw)
-        if source is None:
-            raise CheckpointError(f"{path}: not an image checkpoint of the {model_name} family "
-                                  f"(keys {', '.join(list(raw)[:3])}); pass --source ({', '.join(sorted(converters))})")
-    if source not in converters:
-        raise CheckpointError(f"{path}: cannot read '{source}' checkpoints (known: {', '.join(sorted(converters))})")
-    image_state = converters[source](dict(raw))
+    image_state, source, _ = read_and_convert(path, model_name, source)
     if num_classes is None and "head.fc.weight" in image_state:
         num_classes = int(image_state["head.fc.weight"].shape[0])
     kwargs = {} if num_classes is None else {"num_classes": num_classes}

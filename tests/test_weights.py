@@ -131,3 +131,21 @@ def test_metadata_for_records_preprocessing(tmp_path):
     meta = metadata_for(report, source="unit-test")
     assert meta["model"] == TINY and meta["labels"] == ["x", "y"] and meta["source"] == "unit-test"
     assert {"num_frames", "sampling_rate", "crop_size", "mean", "std"} <= set(meta)
+
+
+def test_ssv2_slowfast_import_records_its_test_protocol(tmp_path):
+    """174 classes from SlowFast: SSv2 names, uniform sampling, RGB, channel stats as SlowFast applied them."""
+    from test_mvitv2 import ours_to_slowfast
+
+    from videoapp.labels import load_labels
+    from videoapp.weights import ssv2_slowfast_preprocessing
+
+    model = create_model(TINY, num_classes=174)
+    path = tmp_path / "ssv2.pyth"
+    torch.save({"model_state": ours_to_slowfast(model.state_dict())}, path)
+    _, report = import_checkpoint(path, TINY)
+    assert report.source == "slowfast" and report.labels == list(load_labels("ssv2"))
+    assert report.data_config["sampling"] == "uniform" and report.data_config["channel_order"] == "rgb"
+    # ImageNet stats were applied to OpenCV's BGR frames before the channel flip.
+    pre = ssv2_slowfast_preprocessing("mvitv2_l_40x3")
+    assert pre["mean"] == [0.406, 0.456, 0.485] and pre["std"] == [0.225, 0.224, 0.229]

@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# The main job on the embedded default: predict on a clip generated here.
+# The web UI on the default model (http://127.0.0.1:7860; Ctrl-C stops). out/demo.mp4 is
+# a generated clip to drop on the page. DEMO_ARGS adds serve options (--port, --data-dir, --auth ...).
+DEMO_ARGS ?=
 demo: $(STAMP)
 	mkdir -p out
 	$(PY) -m videoapp.data.synthetic out/demo.mp4
-	$(VENV)/bin/videoapp predict out/demo.mp4 --window-s 2 --stride-s 1
+	@echo "Open the address below in a browser and drop out/demo.mp4 on the Predict page."
+	$(VENV)/bin/videoapp serve $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--out", required=True, metavar="FILE", help="output .safetensors path")
     wf.set_defaults(func=cmd_weights_inflate)
     w.set_defaults(func=lambda args: _help_and_fail(w))
+    _add_train_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -313,6 +315,149 @@ def cmd_weights_inflate(args: argparse.Namespace) -> int:
         f"{len(report.centre_frame)} centre-frame, {len(report.zeroed)} zeroed, {len(report.resized)} resized, "
         f"{len(report.fresh)} fresh)"
     )
+    return 0
+
+
+# ---------------------------------------------------------------- train
+
+
+def _add_train_parser(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train or fine-tune a model from a YAML config (also under torchrun)",
+        description=(
+            "Train or fine-tune a model as a YAML config describes (see configs/train/). Writes "
+            "checkpoint.pt every epoch, log.jsonl, curves.png and model.safetensors into train.out_dir. "
+            "Runs unchanged under 'torchrun --nproc-per-node N -m videoapp train CONFIG'."
+        ),
+    )
+    t.add_argument("config", metavar="CONFIG", help="YAML config file, e.g. configs/train/camera_mvitv2_xxs.yaml")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 --set data.batch_size=16 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt (if present)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("-v", "--verbose", action="store_true", help="log data preparation and progress details")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``videoapp train``: see ``_add_train_parser``."""
+    from videoapp.config import dump_config, load_config
+    from videoapp.data.datasets import DatasetError
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(dump_config(cfg))
+        return 0
+    from videoapp.engine.train import train
+
+    logging.getLogger("videoapp").setLevel(logging.INFO)
+    try:
+        result = train(cfg, resume=args.resume, config_name=args.config)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    if result.rank == 0:
+        last = result.history[-1] if result.history else {}
+        acc = f", val top-1 {100 * last['val_top1']:.1f}%" if "val_top1" in last else ""
+        print(f"trained {cfg.model.name}: {result.epochs_done} epochs, {result.step} steps in "
+              f"{result.time_s:.0f} s{acc}; weights {result.weights}"
+              + (f" (also {cfg.train.export})" if cfg.train.export else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {text}")
+    return value
+
+
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="start the web UI: predict, label clips, export, fine-tune (open it in a browser)",
+        description=(
+            "Serve the web UI (Gradio) until Ctrl-C. Pages: Predict (upload clips, top-k labels, timeline, "
+            "result JSON), Label (a queue of the uploaded clips with the model's suggestions), Dataset "
+            "(counts, export/import, fine-tune on your labels). Clips and labels are kept in --data-dir. "
+            "Only this machine can connect unless --host says otherwise."
+        ),
+    )
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network "
+                        "interface, then use --auth)")
+    s.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    s.add_argument("--data-dir", metavar="DIR",
+                   help="folder of the label store: clips, labels.db, exports, fine-tuned models "
+                        "(default $VIDEOAPP_DATA_DIR, else $XDG_DATA_HOME/videoapp, else ~/.local/share/videoapp)")
+    s.add_argument("--auth", metavar="USER:PASSWORD",
+                   help="require this login (default $VIDEOAPP_AUTH if set; the user name is recorded with labels)")
+    s.add_argument("--max-upload-mb", type=_positive_float, default=200.0, metavar="N",
+                   help="largest accepted upload in MB (default 200)")
+    s.add_argument("--weights", metavar="W",
+                   help="weights selected when the page opens (default: the shipped default model)")
+    s.set_defaults(func=cmd_serve)
+
+
+def _parse_auth(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user.strip() or not password:
+        raise UsageError("--auth must be USER:PASSWORD with both parts non-empty")
+    return user.strip(), password
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``videoapp serve``: see ``_add_serve_parser``."""
+    import socket
+
+    from videoapp.store import default_data_dir
+
+    auth_text = args.auth if args.auth is not None else os.environ.get("VIDEOAPP_AUTH") or None
+    auth = _parse_auth(auth_text) if auth_text is not None else None
+    if args.weights is not None:
+        from videoapp.weights import read_metadata
+
+        path = Path(args.weights)
+        if not path.is_file():
+            raise UsageError(f"{args.weights}: no such weights file")
+        if path.suffix != ".safetensors":
+            raise UsageError(f"{args.weights}: the web UI takes our .safetensors weights "
+                             "(convert others with 'videoapp weights import')")
+        read_metadata(path)  # CheckpointError (one line, exit 2) when unreadable
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{data_dir}: cannot create the data folder ({exc.strerror or exc})") from None
+    if not os.access(data_dir, os.W_OK):
+        raise UsageError(f"{data_dir}: the data folder is not writable")
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {args.host}: unknown address ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe_sock:
+        probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe_sock.bind(addr)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
+    loopback = args.host in ("localhost", "::1") or args.host.startswith("127.")
+    if not loopback and auth is None:
+        print(f"{PROG}: warning: listening on {args.host} without --auth: anyone who can reach this machine "
+              "can use the app and its data", file=sys.stderr)
+    from videoapp.ui.app import serve
+
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"{PROG}: web UI on http://{shown}:{args.port}  (data: {data_dir}; Ctrl-C stops)", flush=True)
+    serve(data_dir, host=args.host, port=args.port, auth=auth, max_upload_mb=args.max_upload_mb,
+          weights=args.weights, quiet=True)
     return 0
 
 

@@ -1,0 +1,543 @@
+"""Web UI callbacks (videoapp.ui.app.VideoApp) without a browser, the Gradio wiring, and `videoapp serve`'s
+argument checks. The browser drives the same code in test_browser.py."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from videoapp.cli import main
+from videoapp.models.registry import create_model
+from videoapp.ui.app import (
+    EXPORT_FORMATS,
+    FINETUNE_MODES,
+    MODEL_LABEL_SET,
+    UNTRAINED_KEY,
+    ModelCatalog,
+    UIError,
+    VideoApp,
+    build_ui,
+    make_app,
+    progress_html,
+    timeline_figure,
+)
+from videoapp.weights import save_weights
+from videos import truncate_copy, write_test_video
+
+TINY = "mvitv2_xxs_8x64"
+LABELS = ["pan_left", "pan_right", "zoom_in"]
+DEFAULT_KEY = "shipped:default.safetensors"
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=len(LABELS))
+    save_weights(d / "default.safetensors", model.state_dict(),
+                 {"model": TINY, "labels": LABELS, "num_frames": 8, "sampling_rate": 2, "crop_size": 64})
+    return d
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    short = write_test_video(d / "short.mp4", num_frames=12, fps=30, width=96, height=72)   # < one clip span
+    long = write_test_video(d / "long.mp4", num_frames=120, fps=30, width=96, height=72)   # 4 s: a timeline
+    others = [write_test_video(d / f"o{i}.mp4", num_frames=30 + 6 * i, fps=30, width=96, height=72) for i in range(3)]
+    text = d / "notes.mp4"
+    text.write_text("not a video at all\n")
+    return {"short": short, "long": long, "others": others, "text": str(text),
+            "truncated": truncate_copy(long, d / "cut.mp4", 0.4)}
+
+
+@pytest.fixture
+def app(tmp_path, weights_dir):
+    a = make_app(tmp_path / "data", weights_dir=weights_dir)
+    a._upload_root = str(tmp_path / "uploads")  # what Gradio's upload folder is in the server
+    yield a
+    a.close()
+
+
+def upload(app: VideoApp, src: str, name: str | None = None) -> str:
+    """A copy of ``src`` where Gradio would have put an upload (the app deletes those)."""
+    d = Path(app._upload_root) / uuid.uuid4().hex
+    d.mkdir(parents=True, exist_ok=True)
+    dst = d / (name or Path(src).name)
+    shutil.copy(src, dst)
+    return str(dst)
+
+
+# ---------------------------------------------------------------------- models
+def test_catalog_default_first_and_untrained_fallback(tmp_path, weights_dir):
+    cat = ModelCatalog(weights_dir, tmp_path / "models")
+    assert cat.default_key() == DEFAULT_KEY and not cat.default_missing
+    assert [c.key for c in cat.choices()] == [DEFAULT_KEY]
+    assert cat.get(DEFAULT_KEY).labels == LABELS
+    with pytest.raises(UIError):
+        cat.get("/etc/passwd")  # the page can only name models on the list
+    assert cat.predictor(DEFAULT_KEY) is cat.predictor(DEFAULT_KEY)
+
+    empty = ModelCatalog(tmp_path / "none", tmp_path / "models")
+    assert empty.default_missing and empty.default_key() == UNTRAINED_KEY
+    untrained = empty.get(UNTRAINED_KEY)
+    assert not untrained.trained and "untrained" in untrained.title
+    p1, p2 = empty.predictor(UNTRAINED_KEY), ModelCatalog(tmp_path / "none", tmp_path / "m2").predictor(UNTRAINED_KEY)
+    for a, b in zip(p1.model.parameters(), p2.model.parameters()):
+        assert torch.equal(a, b)  # the same untrained model in every process
+
+
+def test_untrained_notice_is_shown(tmp_path, media):
+    a = make_app(tmp_path / "data", weights_dir=tmp_path / "no-weights")
+    try:
+        assert "Untrained model" in a.notice(UNTRAINED_KEY) and a.notice("shipped:x") == ""
+        results, status, _ = a.predict(media["short"], None, UNTRAINED_KEY)
+        assert results and results[0].top1.startswith("untrained_")
+    finally:
+        a.close()
+
+
+# ---------------------------------------------------------------------- Predict
+def test_predict_upload_stores_clip_suggestion_and_json(app, media):
+    path = upload(app, media["short"], "my clip.mp4")
+    results, status, json_path = app.predict([path], None, DEFAULT_KEY, top_k=2)
+    assert not Path(path).exists()  # Gradio's temporary copy is gone; the store has the clip
+    (clip,) = app.store.clips()
+    assert clip.original_name == "my clip.mp4"
+    (r,) = results
+    assert r.sha256 == clip.sha256 and list(r.top_k) and len(r.top_k) == 2 and r.timeline is None
+    assert r.top1 in LABELS and r.top1.replace("_", "\\_") in status  # Markdown-escaped
+    payload = json.loads(Path(json_path).read_text())
+    assert payload["video"] == "my clip.mp4" and payload["sha256"] == clip.sha256
+    assert payload["top_k"][0]["label"] == r.top1 and payload["windows"] == []
+    sugg = app.store.model_suggestion(clip, DEFAULT_KEY)
+    assert sugg.label == r.top1 and sugg.source == "model"
+    # Predicting again with the same result adds no duplicate suggestion.
+    app.predict(None, [clip.sha256], DEFAULT_KEY)
+    assert len(app.store.labels_of(clip)) == 1
+    vid, top, fig = app.show_result(results, clip.sha256)
+    assert vid == str(clip.path) and top == r.top_k and fig is None
+
+
+def test_predict_long_clip_has_timeline(app, media):
+    results, status, json_path = app.predict(upload(app, media["long"]), None, DEFAULT_KEY)
+    (r,) = results
+    assert r.timeline is not None
+    times, scores, labels = r.timeline
+    assert len(times) >= 2 and scores.shape == (len(times), len(LABELS)) and labels == LABELS
+    assert "timeline" in status
+    payload = json.loads(Path(json_path).read_text())
+    assert len(payload["windows"]) == len(times)
+    _, _, fig = app.show_result(results, r.sha256)
+    assert fig is not None and fig.axes[0].get_xlabel() == "time (s)"
+    # An explicit window also works on short clips.
+    results, _, _ = app.predict(None, [r.sha256], DEFAULT_KEY, window_s=1.0, stride_s=0.5)
+    assert len(results[0].payload["windows"]) >= 5
+
+
+def test_predict_several_and_library(app, media):
+    first, _, _ = app.predict([upload(app, media["others"][0])], None, DEFAULT_KEY)
+    results, status, json_path = app.predict([upload(app, media["others"][1])], [first[0].sha256], DEFAULT_KEY)
+    assert len(results) == 2
+    assert isinstance(json.loads(Path(json_path).read_text()), list)
+    assert [v for _, v in app.library_choices()] == [c.sha256 for c in reversed(app.store.clips())]
+    results, status, json_path = app.predict(None, None, DEFAULT_KEY)
+    assert results == [] and json_path is None and "Upload" in status
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_predict_refuses_non_videos_and_stores_nothing(app, media, kind):
+    path = upload(app, media[kind], "evil <b>name.mp4")
+    results, status, json_path = app.predict([path], None, DEFAULT_KEY)
+    assert results == [] and json_path is None
+    assert "Refused" in status and "decode" in status and "Traceback" not in status
+    assert str(app.store.data_dir) not in status and app._upload_root not in status
+    assert app.store.clips() == [] and not Path(path).exists()
+    assert [p for p in app.store.clips_dir.rglob("*") if p.is_file()] == []
+    assert list(app.store.tmp_dir.iterdir()) == []
+
+
+def test_upload_limit(tmp_path, weights_dir, media):
+    a = make_app(tmp_path / "data", weights_dir=weights_dir, max_upload_mb=0.001)
+    a._upload_root = str(tmp_path / "uploads")
+    try:
+        results, status, _ = a.predict(upload(a, media["long"]), None, DEFAULT_KEY)
+        assert results == [] and "upload limit" in status and a.store.clips() == []
+    finally:
+        a.close()
+
+
+def test_timeline_figure_and_progress_html():
+    import numpy as np
+
+    fig = timeline_figure(np.array([0.5, 1.5, 2.5]), np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]),
+                          ["a", "b", "c"], title="t", max_classes=2)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["b", "a"]
+    assert progress_html(None) == "" and 'aria-valuenow="50"' in progress_html(0.5, "<b>")
+    assert "<b>" not in progress_html(0.5, "<b>")
+
+
+# ---------------------------------------------------------------------- Label
+def _add(app, media, n=3):
+    return [app.store.add_clip(p)[0] for p in media["others"][:n]]
+
+
+def test_label_view_save_and_navigation(app, media):
+    clips = _add(app, media)
+    first = app.navigate(None, "first_todo")
+    assert first == clips[0].sha256
+    view = app.clip_view(first, DEFAULT_KEY, MODEL_LABEL_SET)
+    assert view["choices"] == LABELS and view["video"] == str(clips[0].path)
+    sugg = app.store.model_suggestion(clips[0], DEFAULT_KEY)
+    assert sugg is not None and view["value"] == sugg.label  # the suggestion is pre-selected
+    assert "Model suggests" in view["suggestion"] and view["seen"] is None
+    assert view["start"] == 0 and view["end"] == pytest.approx(clips[0].duration_s)
+    # Without suggestions the model is not asked.
+    plain = app.clip_view(clips[1].sha256, DEFAULT_KEY, MODEL_LABEL_SET, suggest=False)
+    assert plain["value"] is None and app.store.model_suggestion(clips[1]) is None
+
+    msg = app.save_label(first, "zoom_in", 0.2, 0.8, "ann", MODEL_LABEL_SET, view["seen"])
+    assert "Saved" in msg and "zoom\\_in" in msg
+    rec = app.store.current_label(clips[0], include_model=False)
+    assert (rec.label, rec.labeled_by, rec.source, rec.start_s, rec.end_s) == ("zoom_in", "ann", "person", 0.2, 0.8)
+    again = app.clip_view(first, DEFAULT_KEY, MODEL_LABEL_SET)
+    assert again["value"] == "zoom_in" and (again["start"], again["end"]) == (0.2, 0.8) and again["seen"] == rec.id
+    assert "ann" in again["info"]
+
+    # Navigation: next/prev wrap, "todo" skips labelled clips.
+    assert app.navigate(first, "next") == clips[1].sha256
+    assert app.navigate(first, "prev") == clips[2].sha256
+    assert app.navigate(clips[2].sha256, "todo") == clips[1].sha256
+    rows = app.queue_rows()
+    assert [r[-1] for r in rows] == ["done", "suggested" if app.store.model_suggestion(clips[1]) else "to do", "to do"]
+    assert rows[0][3].startswith("zoom_in") and rows[0][4:6] == ["person", "ann"]
+    assert "1 of 3" in app.queue_summary()
+
+
+def test_save_label_errors(app, media):
+    (clip,) = _add(app, media, 1)
+    for args, match in [((None, "x", 0, 1), "no clip"), ((clip.sha256, None, 0, 1), "pick a label"),
+                        ((clip.sha256, "a/b", 0, 1), "slashes"), ((clip.sha256, "ok", 0.9, 0.1), "empty"),
+                        (("0" * 64, "ok", 0, 1), "no longer")]:
+        with pytest.raises(UIError, match=match):
+            app.save_label(*args, who="ann")
+    assert app.store.labels_of(clip) == []
+
+
+def test_concurrent_sessions_keep_their_labels(app, media):
+    clips = _add(app, media)
+    errors = []
+
+    def session(k: int) -> None:
+        try:
+            for i in range(8):
+                clip = clips[(k + i) % len(clips)]
+                view = app.clip_view(clip.sha256, DEFAULT_KEY, MODEL_LABEL_SET, suggest=False)
+                app.save_label(clip.sha256, LABELS[(k + i) % 3], None, None, f"user{k}", MODEL_LABEL_SET, view["seen"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = app.store.all_labels()
+    assert len(rows) == 32
+    for k in range(4):
+        mine = [(r.clip_id, r.label) for r in rows if r.labeled_by == f"user{k}"]
+        expected = [(clips[(k + i) % 3].id, LABELS[(k + i) % 3]) for i in range(8)]
+        assert sorted(mine) == sorted(expected)
+
+
+def test_concurrent_edit_is_reported(app, media):
+    (clip,) = _add(app, media, 1)
+    view_a = app.clip_view(clip.sha256, DEFAULT_KEY, MODEL_LABEL_SET, suggest=False)
+    view_b = app.clip_view(clip.sha256, DEFAULT_KEY, MODEL_LABEL_SET, suggest=False)
+    assert "meanwhile" not in app.save_label(clip.sha256, "pan_left", None, None, "ann", None, view_a["seen"])
+    msg = app.save_label(clip.sha256, "pan_right", None, None, "bob", None, view_b["seen"])
+    assert "ann" in msg and "meanwhile" in msg
+    assert [r.label for r in app.store.labels_of(clip)] == ["pan_right", "pan_left"]
+
+
+def test_label_sets_and_upload_to_queue(app, media, tmp_path):
+    msg, key = app.save_label_set("moves", "walk, run\njump", "ann")
+    assert key == "set:moves" and "3 labels" in msg
+    assert app.labels_for(key, DEFAULT_KEY) == ["walk", "run", "jump"]
+    assert app.labels_for(MODEL_LABEL_SET, DEFAULT_KEY) == LABELS
+    assert [v for _, v in app.label_sets(DEFAULT_KEY)] == [MODEL_LABEL_SET, "set:moves"]
+    with pytest.raises(UIError):
+        app.save_label_set("bad", "a/b", "ann")
+    f = tmp_path / "camera moves.txt"
+    f.write_text("tilt_up\ntilt_down\n")
+    msg, key = app.import_label_set(upload(app, str(f)), "ann")
+    assert key == "set:camera moves" and app.labels_for(key, None) == ["tilt_up", "tilt_down"]
+    # A clip labelled from a custom set; the model's suggestion is not in it.
+    clips, msgs = app.ingest([upload(app, media["others"][0])], "ann")
+    view = app.clip_view(clips[0].sha256, DEFAULT_KEY, "set:moves")
+    assert view["choices"] == ["walk", "run", "jump"] and view["value"] is None
+    assert "not in this label set" in view["suggestion"]
+    app.save_label(clips[0].sha256, "jump", None, None, "ann", "set:moves")
+    assert app.store.current_label(clips[0]).label_set == "moves"
+
+
+# ---------------------------------------------------------------------- Dataset
+def _labelled(app, media):
+    clips = _add(app, media)
+    app.store.add_label(clips[0], "pan_left", labeled_by="ann")
+    app.store.add_label(clips[1], "zoom_in", labeled_by="bob", start_s=0.2, end_s=0.9)
+    app.store.add_label(clips[2], "pan_right", source="model", labeled_by="model:x", score=0.5, model="x")
+    return clips
+
+
+def test_counts(app, media):
+    _labelled(app, media)
+    assert "**3** clips" in app.counts_markdown() and "**2** labelled" in app.counts_markdown()
+    assert app.counts_rows() == [["pan_left", 1, 0], ["pan_right", 0, 1], ["zoom_in", 1, 0]]
+
+
+def test_export_all_formats(app, media, tmp_path):
+    clips = _labelled(app, media)
+    path, msg = app.export(EXPORT_FORMATS[0])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == ["pan_left", "zoom_in"] and "2 labels" in msg
+    path, _ = app.export(EXPORT_FORMATS[0], include_model=True)
+    assert "pan_right" in Path(path).read_text()
+    zpath, _ = app.export(EXPORT_FORMATS[1])
+    names = zipfile.ZipFile(zpath).namelist()
+    assert "labels.csv" in names and sum(n.startswith("videos/") and n.endswith(".mp4") for n in names) == 2
+    zpath, _ = app.export(EXPORT_FORMATS[2])
+    names = sorted(n for n in zipfile.ZipFile(zpath).namelist() if not n.endswith("/"))
+    assert names == [f"pan_left/{clips[0].short_id}.mp4", f"zoom_in/{clips[1].short_id}.mp4"]
+    for p in (zpath,):
+        assert Path(p).resolve().is_relative_to(app.store.exports_dir.resolve())
+    with pytest.raises(UIError):
+        app.export("pdf")
+
+
+def test_export_nothing_yet(app):
+    with pytest.raises(UIError, match="nothing to export"):
+        app.export(EXPORT_FORMATS[0])
+
+
+def test_import_csv_with_videos_and_zips(app, media, tmp_path, weights_dir):
+    _labelled(app, media)
+    csv_only, _ = app.export(EXPORT_FORMATS[0])
+    kin_zip, _ = app.export(EXPORT_FORMATS[1])
+    tree_zip, _ = app.export(EXPORT_FORMATS[2])
+    for i, (src, videos) in enumerate([(kin_zip, None), (tree_zip, None), ("csv", "videos")]):
+        fresh = make_app(tmp_path / f"fresh{i}", weights_dir=weights_dir)
+        fresh._upload_root = app._upload_root
+        try:
+            if src == "csv":
+                # The CSV plus its clips, uploaded as separate files (as a browser would).
+                work = tmp_path / "unz"
+                zipfile.ZipFile(kin_zip).extractall(work)
+                vids = [upload(fresh, str(p)) for p in sorted((work / "videos").iterdir())]
+                msg = fresh.import_labels(upload(fresh, str(work / "labels.csv")), vids, "imported", "carol")
+                assert fresh.store.get_label_set("imported").labels == ["pan_left", "zoom_in"]
+            else:
+                msg = fresh.import_labels(upload(fresh, src), None, "", "carol")
+            assert "2 labels imported" in msg, msg
+            assert sorted(r.label for r in fresh.store.current_labels().values()) == ["pan_left", "zoom_in"]
+        finally:
+            fresh.close()
+    # The CSV alone into the store it came from: everything is already there.
+    msg = app.import_labels(upload(app, csv_only), None, None, "ann")
+    assert "0 labels imported" in msg and "2 already present" in msg
+    with pytest.raises(UIError, match="choose a CSV"):
+        app.import_labels(None, None, None, "ann")
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK not really")
+    with pytest.raises(UIError, match="zip"):
+        app.import_labels(upload(app, str(bad)), None, None, "ann")
+
+
+def test_import_zip_cannot_escape(app, media, tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+        zf.writestr("/abs.txt", "x")
+        zf.writestr("cls/../../../escaped2.mp4", "x")
+    msg = app.import_labels(upload(app, str(evil)), None, None, "ann")
+    assert "0 labels imported" in msg
+    assert not list(tmp_path.rglob("escaped*")) and not Path("/abs.txt").exists()
+
+
+def test_finetune_checks(app, media):
+    with pytest.raises(UIError, match="at least 2 different labels"):
+        app.start_finetune(DEFAULT_KEY, next(iter(FINETUNE_MODES)), 1, "ft", "ann")
+    _labelled(app, media)
+    for name in ["../evil", "", ".hidden", "a b"]:
+        with pytest.raises(UIError, match="model name"):
+            app.start_finetune(DEFAULT_KEY, next(iter(FINETUNE_MODES)), 1, name, "ann")
+    (app.store.models_dir / "taken.safetensors").write_bytes(b"x")
+    with pytest.raises(UIError, match="exists already"):
+        app.start_finetune(DEFAULT_KEY, next(iter(FINETUNE_MODES)), 1, "taken", "ann")
+    assert app.finetune_status()[1] is None and app.cancel_finetune() == "No fine-tune is running."
+
+
+@pytest.mark.slow
+def test_finetune_in_background_registers_weights(app, media):
+    clips = _labelled(app, media)
+    msg = app.start_finetune(DEFAULT_KEY, next(iter(FINETUNE_MODES)), 2, "mine", "ann")
+    assert "Started" in msg
+    with pytest.raises(UIError, match="running already"):
+        app.start_finetune(DEFAULT_KEY, next(iter(FINETUNE_MODES)), 2, "second", "ann")
+    job = app.finetuner.wait(timeout=240)
+    status, frac, running = app.finetune_status()
+    assert job.state == "done", (job.message, job.log_path.read_text()[-2000:])
+    assert not running and frac == 1.0 and "done" in status and job.step == job.total_steps > 0
+    key = "finetuned:mine.safetensors"
+    choice = app.models.get(key)
+    # Both labels are classes of the base model, so its class list (and head) are kept.
+    assert choice.labels == LABELS and choice.model_name == TINY and choice.kind == "finetuned"
+    cfg = (job.job_dir / "config.yaml").read_text()
+    assert "freeze_backbone: true" in cfg and "source: folder" in cfg
+    results, _, _ = app.predict(None, [clips[0].sha256], key)
+    assert results and results[0].top1 in LABELS
+
+
+# ---------------------------------------------------------------------- Gradio wiring and the CLI
+def test_build_ui_constructs_blocks(app):
+    import gradio as gr
+
+    demo = build_ui(app)
+    assert isinstance(demo, gr.Blocks)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    for needed in ("upload", "top-labels", "predict-status", "save-btn", "label-pick", "export-btn", "ft-start",
+                   "notice", "timeline", "queue"):
+        assert needed in ids
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_serve_help_and_bad_arguments(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    assert "--max-upload-mb" in capsys.readouterr().out
+    cases = [
+        (["--auth", "nopassword"], "USER:PASSWORD"),
+        (["--auth", ":pw"], "USER:PASSWORD"),
+        (["--weights", tmp_path / "missing.safetensors"], "no such weights"),
+        (["--weights", __file__], ".safetensors"),
+    ]
+    for extra, msg in cases:
+        code, out, err = run_cli(capsys, "serve", "--data-dir", tmp_path / "d", "--port", _free_port(), *extra)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        code, _, err = run_cli(capsys, "serve", "--data-dir", tmp_path / "d", "--port", busy.getsockname()[1])
+        assert code == 2 and "cannot listen" in err
+    finally:
+        busy.close()
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", "70000"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--max-upload-mb", "0"])
+    assert info.value.code == 2
+
+
+@pytest.mark.slow
+def test_serve_loopback_auth_and_upload_limit(tmp_path, media):
+    """A real `videoapp serve`: listens on 127.0.0.1 only, needs the login, enforces the upload limit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = _free_port()
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
+               PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("VIDEOAPP_AUTH", None)
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "videoapp", "serve", "--data-dir", str(tmp_path / "data"),
+                             "--port", str(port), "--auth", "ann:s3cret", "--max-upload-mb", "0.01"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            deadline = time.time() + 120
+            while True:
+                assert proc.poll() is None, log.seek(0) or log.read()
+                try:
+                    if client.get("/").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.time() < deadline, "videoapp serve did not start"
+                time.sleep(0.5)
+            # Only the loopback address listens (Linux: /proc/net/tcp{,6}).
+            listening = []
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                if os.path.exists(table):
+                    for line in Path(table).read_text().splitlines()[1:]:
+                        local, state = line.split()[1], line.split()[3]
+                        addr, hexport = local.rsplit(":", 1)
+                        if int(hexport, 16) == port and state == "0A":
+                            listening.append(addr)
+            if listening:
+                assert listening == ["0100007F"], listening
+            small = ("small.bin", b"x" * 1000)
+            assert client.post("/gradio_api/upload", files={"files": small}).status_code == 401  # not logged in
+            assert client.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
+            assert client.post("/login", data={"username": "ann", "password": "s3cret"}).status_code == 200
+            assert client.post("/gradio_api/upload", files={"files": small}).status_code == 200
+            big = ("long.mp4", Path(media["long"]).read_bytes() * 3)
+            assert len(big[1]) > 0.01 * 2**20
+            assert client.post("/gradio_api/upload", files={"files": big}).status_code == 413
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        text = log.read()
+        log.close()
+    assert "Traceback" not in text, text[-2000:]
+    assert "http://127.0.0.1:" in text
+
+
+def test_catalog_weights_option_is_selected(tmp_path, weights_dir):
+    other = tmp_path / "mine.safetensors"
+    shutil.copy(weights_dir / "default.safetensors", other)
+    cat = ModelCatalog(weights_dir, tmp_path / "models", extra=other)
+    assert cat.default_key() == "file:mine.safetensors"
+    assert [c.key for c in cat.choices()] == [DEFAULT_KEY, "file:mine.safetensors"]
+    same = ModelCatalog(weights_dir, tmp_path / "models", extra=weights_dir / "default.safetensors")
+    assert same.default_key() == DEFAULT_KEY and len(same.choices()) == 1
+    (tmp_path / "models").mkdir()
+    shutil.copy(weights_dir / "default.safetensors", tmp_path / "models" / "tuned.safetensors")
+    (tmp_path / "models" / "broken.safetensors").write_bytes(b"not weights")
+    assert [c.key for c in cat.choices()][-1] == "finetuned:tuned.safetensors"  # the broken file is skipped

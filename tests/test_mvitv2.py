@@ -179,6 +179,62 @@ def test_other_input_size_matches_torchvision_interpolation(tv_model):
                                               (1, 768, 4, 5, 6)]
 
 
+def slowfast_block_settings(embed_dim, num_heads, depths, dim_mul_in_att, q_pool_every_block, kv_stride_adaptive):
+    """torchvision ``MSBlockConfig`` list for a SlowFast MViTv2 config, derived as SlowFast's ``MViT.__init__`` does.
+
+    ``DIM_MUL`` = ``HEAD_MUL`` = 2.0 at each stage start; ``POOL_Q_STRIDE``
+    (1, 2, 2) at stage starts and (1, 1, 1) elsewhere when Q is pooled in every
+    block; K/V stride adaptive, divided by each Q stride; ``POOL_KVQ_KERNEL``
+    (3, 3, 3). Written from the SlowFast source independently of our model.
+    """
+    from torchvision.models.video.mvit import MSBlockConfig
+
+    depth = sum(depths)
+    starts = [sum(depths[:i]) for i in range(1, len(depths))]
+    dim_mul = [2.0 if i in starts else 1.0 for i in range(depth + 1)]
+    stride_q = [[1, 2, 2] if i in starts else ([1, 1, 1] if q_pool_every_block else []) for i in range(depth)]
+    stride_kv, cur = [], list(kv_stride_adaptive)
+    for i in range(depth):
+        if stride_q[i]:
+            cur = [max(cur[d] // stride_q[i][d], 1) for d in range(3)]
+        stride_kv.append(cur)
+    settings, dim, heads = [], embed_dim, num_heads
+    for i in range(depth):
+        heads = int(heads * dim_mul[i])
+        dim_out = int(dim * (dim_mul[i] if dim_mul_in_att else dim_mul[i + 1]))
+        settings.append(MSBlockConfig(
+            num_heads=heads, input_channels=dim, output_channels=dim_out,
+            kernel_q=[3, 3, 3] if stride_q[i] else [], kernel_kv=[3, 3, 3],
+            stride_q=stride_q[i], stride_kv=stride_kv[i],
+        ))
+        dim = dim_out
+    return settings
+
+
+@pytest.mark.parametrize("layout", [
+    dict(dim_mul_in_att=True, q_pool_every_block=True, kv_stride_adaptive=(1, 8, 8)),  # S / B
+    dict(dim_mul_in_att=False, q_pool_every_block=False, kv_stride_adaptive=(2, 4, 4)),  # L
+], ids=["s_b_layout", "l_layout"])
+def test_small_configs_match_torchvision_generic_mvit(layout):
+    """Both MViTv2 layouts at a small width against torchvision's generic ``MViT`` with the same settings."""
+    from torchvision.models.video.mvit import MViT
+
+    torch.manual_seed(12)
+    tv = MViT(spatial_size=(64, 64), temporal_size=8,
+              block_setting=slowfast_block_settings(16, 2, (1, 2, 2, 1), **layout),
+              residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True,
+              proj_after_attn=layout["dim_mul_in_att"], num_classes=10)
+    randomise_(tv, seed=13)
+    ours = MViTv2(num_classes=10, num_frames=8, crop_size=64, embed_dim=16, num_heads=2, depths=(1, 2, 2, 1), **layout)
+    ours.load_state_dict(convert_torchvision(tv.state_dict()))
+    ours.eval()
+    x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(14))
+    with torch.inference_mode():
+        ref = tv(x)
+        out = ours(x)
+    assert rel_err(out, ref) <= 1e-5
+
+
 def test_slowfast_checkpoint_gives_same_logits(tv_model, tmp_path, clip1, reference_out, ours_s):
     path = tmp_path / "MViTv2_S_16x4_k400.pyth"
     sd = torchvision_to_slowfast(tv_model.state_dict())
@@ -341,7 +397,8 @@ def test_row_chunks_give_the_same_result(tiny, monkeypatch):
     x = torch.randn(2, 3, 8, 64, 64)
     with torch.inference_mode():
         whole = tiny.forward_intermediates(x)
-        monkeypatch.setattr(mv, "_CHUNK_ELEMENTS", 64)  # many chunks, cls row alone in the first
+        monkeypatch.setattr(mv, "_CHUNK_ELEMENTS", 64)  # many small chunks
+        monkeypatch.setattr(mv, "_CHUNK_MIN_ROWS", 7)
         chunked = tiny.forward_intermediates(x)
     for a, b in zip(whole, chunked):
         assert rel_err(b, a) <= 1e-5

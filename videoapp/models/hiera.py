@@ -632,3 +632,20 @@ def hiera_xxs_8x64(**kwargs: Any) -> Hiera:
     """
     return _build("base", {**_VIDEO, "input_size": (8, 64, 64)},
                   {"embed_dim": 24, "num_heads": 1, "stages": (1, 1, 2, 1), **kwargs})
+
+
+@register_model("hiera", num_frames=8, sampling_rate=4, crop_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def hiera_xxs_st_8x64(**kwargs: Any) -> Hiera:
+    """Hiera-XXS-ST video 8 frames, 64 px, spatio-temporal mask units: 24/1 heads, blocks 1-1-2-1, 0.67M params.
+
+    A small Hiera for motion (the shipped camera-motion model). ``hiera_xxs_8x64``
+    keeps the official (1, 8, 8) mask units, so its stages 1-2 never attend
+    across time and only the stem sees motion. Here the stem keeps every frame
+    (stride (1, 4, 4): an 8 x 16 x 16 token grid), q-pooling is (2, 2, 2), and
+    the mask units are (4, 4, 4) tokens: 4 frames x 16 x 16 px windows in
+    stage 1, (2, 2, 2) in stage 2, then global attention on 2 x 4 x 4 and
+    1 x 2 x 2 tokens.
+    """
+    return _build("base", {**_VIDEO, "input_size": (8, 64, 64)},
+                  {"embed_dim": 24, "num_heads": 1, "stages": (1, 1, 2, 1), "patch_stride": (1, 4, 4),
+                   "q_stride": (2, 2, 2), "mask_unit_size": (4, 4, 4), **kwargs})

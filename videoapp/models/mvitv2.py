@@ -1,7 +1,7 @@
 """MViTv2 for video (Li et al., "MViTv2: Improved Multiscale Vision Transformers", CVPR 2022).
 
 The network computes exactly what SlowFast's ``MViT`` (and torchvision's
-``mvit_v2_s`` port) compute for the official Kinetics configurations:
+``mvit_v2_s`` port) compute for the official MViTv2 video configurations:
 
 - stem: ``Conv3d`` kernel (3, 7, 7), stride (2, 4, 4), padding (1, 3, 3); a
   learned cls token is prepended; no absolute position embedding;
@@ -9,14 +9,15 @@ The network computes exactly what SlowFast's ``MViT`` (and torchvision's
   one kernel shared by all heads) followed by ``LayerNorm(head_dim)``. Q is
   strided (1, 2, 2) at the first block of stages 2-4, K/V start at stride
   (1, 8, 8) that is divided by each Q stride ("adaptive"). The cls token is
-  never pooled (it is taken out and put back in front);
+  never pooled (it is taken out and put back in front). (The L layout pools Q
+  at stage starts only, with K/V stride (2, 4, 4); see ``mvitv2_l_40x3``.);
 - decomposed relative position: ``q_i . R_t[t_i, t_j] + q_i . R_h[h_i, h_j] +
   q_i . R_w[w_i, w_j]`` added to the attention logits, with SlowFast's
   distance scaling when the query and key grids differ and linear
   interpolation of the tables for inputs of another size than configured;
 - residual pooling (pooled Q added to the attention output, not on the cls
-  row), channel doubling inside the attention (``dim_mul_in_att``) at stage
-  starts, skip path max-pooled with kernel ``stride + 1``;
+  row), channel doubling inside the attention (``dim_mul_in_att``, S/B) or in
+  the MLP of the block before (L), skip path max-pooled with kernel ``stride + 1``;
 - final ``LayerNorm`` (eps 1e-6) on the cls token, dropout 0.5, linear head.
 
 Speed (same numbers, different schedule). Three things make it faster than the
@@ -71,10 +72,13 @@ __all__ = [
 ]
 
 # Inference processes the per-row part of a block in chunks whose largest
-# intermediate (attention mask or MLP hidden) holds about this many elements:
-# small enough to stay in L2/L3 and below glibc's 32 MiB mmap threshold (fresh
-# mmapped buffers cost a page fault per 4 KiB), big enough for efficient GEMMs.
-_CHUNK_ELEMENTS = 1 << 19
+# intermediate (attention mask or MLP hidden) holds about _CHUNK_ELEMENTS
+# elements: small enough to stay in cache and far below glibc's 32 MiB mmap
+# threshold (fresh mmapped buffers cost a page fault per 4 KiB), but at least
+# _CHUNK_MIN_ROWS query rows, which the CPU flash-attention kernel needs for
+# its large (256-row) query blocks.
+_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_MIN_ROWS = 256
 
 
 def _prod(xs: Sequence[int]) -> int:
@@ -403,7 +407,7 @@ class MultiScaleBlock(nn.Module):
             tok_out = self._rows(q_tok, k, v, mask(0, rows), skip_tok, residual=True, inplace=False)
             return torch.cat((cls_out, tok_out), dim=1), q_thw
         widest = max(self.attn.num_heads * num_k, self.mlp.fc1.out_features)
-        step = rows if x.device.type != "cpu" else max(16, _CHUNK_ELEMENTS // (b * widest))
+        step = rows if x.device.type != "cpu" else max(_CHUNK_MIN_ROWS, _CHUNK_ELEMENTS // (b * widest))
         out = cls_out.new_empty(b, 1 + rows, cls_out.shape[-1])
         out[:, :1] = cls_out
         for start in range(0, rows, step):
@@ -419,7 +423,7 @@ def _triple(x: int | Sequence[int], n: int = 2) -> tuple[int, ...]:
 
 
 class MViTv2(nn.Module):
-    """Spatio-temporal MViTv2 classifier (SlowFast ``MViT`` with the MViTv2 Kinetics settings).
+    """Spatio-temporal MViTv2 classifier (SlowFast ``MViT`` with the MViTv2 video settings).
 
     Input ``[B, in_chans, T, H, W]`` normalised frames (a 4-D ``[B, C, H, W]``
     image is a one-frame clip); output logits ``[B, num_classes]``.
@@ -439,14 +443,15 @@ class MViTv2(nn.Module):
         pool_kernel: depthwise pooling kernel for Q, K, V (``POOL_KVQ_KERNEL``).
         q_stride: Q stride at stage starts.
         kv_stride_adaptive: K/V stride of the first stage, divided by each Q stride.
-        q_pool_every_block: pool Q (stride 1) in every block, as the Kinetics
-            configs do; ``False`` pools Q only at stage starts (SlowFast's SSv2-L config).
+        q_pool_every_block: pool Q (stride 1) in every block, as MViTv2-S/B do;
+            ``False`` pools Q only at stage starts (the MViTv2-L K400 layout).
         mlp_ratio: MLP hidden width / block width.
         qkv_bias: bias in the Q, K, V projections.
         drop_path_rate: stochastic depth of the last block (linear from 0).
         head_dropout: dropout before the classifier.
         residual_pooling: add pooled Q to the attention output (MViTv2).
-        dim_mul_in_att: change width inside the attention (MViTv2) rather than in the MLP.
+        dim_mul_in_att: change width inside the attention of the stage's first
+            block (MViTv2-S/B) rather than in the MLP of the block before (MViTv2-L).
         rel_pos: decomposed relative position (MViTv2). ``False`` leaves the model
             without any positional term (an ablation; the official models use it).
         norm_eps: LayerNorm epsilon.

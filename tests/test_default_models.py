@@ -1,0 +1,82 @@
+"""The shipped default models: metadata, size, and >= 90 % top-1 on fresh held-out H.264 clips via `videoapp predict`.
+
+The held-out clips come from pictures the models never saw in training
+(``synthetic.TEST_PHOTOS`` and the test-split textures) with a seed used
+nowhere else, are encoded as real H.264 files, and go through the whole
+command-line path: decoding, the weights' own temporal sampling (5 clips of
+8 frames, 4 apart), preprocessing and the model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from videoapp.cli import main as cli_main
+from videoapp.data.synthetic import CAMERA_MOTIONS, write_camera_motion_videos
+from videoapp.weights import WEIGHTS_DIR, default_weights, read_metadata
+
+# The small Hiera (hiera_xxs_st_8x64) is not shipped yet: its training run did not finish
+# in the session that trained the MViTv2 (issue 4 stays open until it is).
+SHIPPED = ("camera_mvitv2_xxs.safetensors",)
+CLIPS_PER_CLASS = 10
+HELD_OUT_SEED = 20261122  # not used by any training pool or validation set
+REQUIRED_TOP1 = 0.90
+
+
+def _shipped(name: str) -> Path:
+    path = WEIGHTS_DIR / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: train it with the command in weights/README.md")
+    return path
+
+
+@pytest.fixture(scope="module")
+def heldout_clips(tmp_path_factory) -> list[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("heldout")
+    return write_camera_motion_videos(folder, CLIPS_PER_CLASS, split="test", seed=HELD_OUT_SEED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_describe_themselves(name):
+    path = _shipped(name)
+    assert path.stat().st_size < 5 * 1024 * 1024
+    meta = read_metadata(path)
+    assert meta["labels"] == list(CAMERA_MOTIONS)
+    assert (meta["num_frames"], meta["sampling_rate"], meta["sampling"], meta["crop_size"]) == (8, 4, "rate", 64)
+    assert meta["source"].startswith("videoapp train configs/train/")
+    assert meta["model"] in ("mvitv2_xxs_8x64",) or meta["model"].startswith("hiera_")
+
+
+def test_default_is_one_of_the_shipped_models():
+    default = default_weights()
+    assert default is not None, "weights/default.safetensors is missing"
+    assert any(default.read_bytes() == _shipped(n).read_bytes() for n in SHIPPED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_heldout_accuracy_through_predict(name, heldout_clips, tmp_path, capsys):
+    weights = _shipped(name)
+    out = tmp_path / "pred.json"
+    paths = [str(p) for p, _ in heldout_clips]
+    assert cli_main(["predict", *paths, "--weights", str(weights), "--format", "json", "--out", str(out)]) == 0
+    preds = json.loads(out.read_text())
+    assert len(preds) == len(heldout_clips)
+    truth = {str(p): label for p, label in heldout_clips}
+    hits = [p["top_k"][0]["label"] == truth[p["video"]] for p in preds]
+    acc = sum(hits) / len(hits)
+    wrong = [(Path(p["video"]).name, p["top_k"][0]["label"]) for p, h in zip(preds, hits) if not h]
+    print(f"{name}: held-out top-1 {acc:.3f} on {len(hits)} clips; wrong: {wrong}")
+    assert acc >= REQUIRED_TOP1, f"{name}: held-out top-1 {acc:.3f} < {REQUIRED_TOP1} (wrong: {wrong[:10]})"
+
+
+def test_predict_without_weights_uses_the_default(heldout_clips, capsys):
+    path, label = heldout_clips[0]
+    assert cli_main(["predict", str(path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    pred = json.loads(captured.out)
+    assert pred["model"] == read_metadata(default_weights())["model"]
+    assert "UNTRAINED" not in captured.err
+    assert pred["top_k"][0]["label"] in CAMERA_MOTIONS

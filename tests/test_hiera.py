@@ -131,7 +131,10 @@ IMAGE = ["hiera_tiny_224", "hiera_small_224", "hiera_base_224", "hiera_base_plus
 
 
 def test_registry_lists_all_variants():
-    assert set(list_models("hiera_*")) == set(VIDEO + IMAGE + [TINY])
+    registered = set(list_models("hiera_*"))
+    assert set(VIDEO + IMAGE + [TINY]) <= registered
+    # Anything else is one of our small training variants.
+    assert all(name.startswith("hiera_xxs_") for name in registered - set(VIDEO + IMAGE))
 
 
 @pytest.mark.parametrize("name", VIDEO + IMAGE + [TINY])

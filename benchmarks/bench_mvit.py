@@ -1,6 +1,8 @@
 """MViTv2-S speed and memory: torchvision ``mvit_v2_s`` vs our ``mvitv2_s_16x4``.
 
-Run: ``python benchmarks/bench_mvit.py`` (not a test; about a minute on 2 cores).
+Run: ``python benchmarks/bench_mvit.py`` (not a test; 1-3 minutes on 2 cores:
+bf16 matmuls are emulated, and slow, on CPUs without AVX-512 BF16 / AMX; the
+header prints torch's CPU capability).
 
 Both models carry the same weights: torchvision's randomly initialised
 ``mvit_v2_s`` (seed 0) is saved under ``.bench/`` and imported into ours with
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import os
 import platform
 import statistics
 import sys
@@ -136,7 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     memory = {key: peak_memory_mib(fn) for key, fn in calls.items()}
 
     print(f"MViTv2-S forward, input {tuple(x.shape)}, {args.threads} threads, torch {torch.__version__}, "
-          f"{platform.machine()}, best/median of {args.reps} after 1 warm-up")
+          f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, best/median of {args.reps} after 1 warm-up")
     header = f"{'impl':12s} {'dtype':5s} {'best s':>8s} {'median s':>9s} {'speed-up':>9s} {'max rel diff':>13s} {'peak MiB':>9s}"
     print(header)
     print("-" * len(header))

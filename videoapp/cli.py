@@ -336,7 +336,6 @@ def _add_train_parser(sub) -> None:
                    help="override a config value, e.g. --set train.epochs=3 --set data.batch_size=16 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt (if present)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("-v", "--verbose", action="store_true", help="log data preparation and progress details")
     t.set_defaults(func=cmd_train)
 
 
@@ -351,7 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from videoapp.engine.train import train
 
-    logging.getLogger("videoapp").setLevel(logging.INFO)
+    logging.getLogger("videoapp").setLevel(logging.INFO)  # pool preparation and one line per epoch
     try:
         result = train(cfg, resume=args.resume, config_name=args.config)
     except DatasetError as exc:

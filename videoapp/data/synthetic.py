@@ -383,12 +383,9 @@ def _picture(split: str, index: int) -> _Picture:
     return _Picture(source_images(split)[index])
 
 
-def _render(picture: _Picture, path: CameraPath, height: int, width: int, rng: np.random.Generator,
-            min_scale: float = 0.6, max_scale: float = 4.0):
-    """:func:`render_path` on a :class:`_Picture`; returns float32 frames ``[T, 3, height, width]`` (0-255)."""
-    import torch
-    import torch.nn.functional as F
-
+def _placement(picture: _Picture, path: CameraPath, height: int, width: int, rng: np.random.Generator,
+               min_scale: float = 0.6, max_scale: float = 4.0) -> tuple[float, float, float]:
+    """Start scale ``s0`` and centre ``(cx, cy)`` (picture px) that keep the whole path inside the picture."""
     hs, ws = picture.height, picture.width
     xmin, xmax, ymin, ymax = _bounds(path, height, width)
     margin = 2.0
@@ -397,13 +394,23 @@ def _render(picture: _Picture, path: CameraPath, height: int, width: int, rng: n
     s0 = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else fit
     cx = rng.uniform(margin - s0 * xmin, max(margin - s0 * xmin, ws - margin - s0 * xmax))
     cy = rng.uniform(margin - s0 * ymin, max(margin - s0 * ymin, hs - margin - s0 * ymax))
+    return s0, cx, cy
+
+
+def _sample(picture: _Picture, path: CameraPath, height: int, width: int, placement: tuple[float, float, float],
+            frames: slice = slice(None)):
+    """The frames ``frames`` of ``path`` at ``placement``: float32 ``[T, 3, height, width]`` (0-255)."""
+    import torch
+    import torch.nn.functional as F
+
+    s0, cx, cy = placement
+    hs, ws = picture.height, picture.width
     # A pre-filtered level so that even the smallest window does not alias much.
     src = picture.level_for(s0 * float(np.exp(path.log_scale.min())))
-
-    s = s0 * np.exp(path.log_scale)
-    c, sn = np.cos(path.angle), np.sin(path.angle)
-    ccx = cx + s0 * path.x
-    ccy = cy + s0 * path.y
+    s = s0 * np.exp(path.log_scale[frames])
+    c, sn = np.cos(path.angle[frames]), np.sin(path.angle[frames])
+    ccx = cx + s0 * path.x[frames]
+    ccy = cy + s0 * path.y[frames]
     # affine_grid maps output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False);
     # normalised coordinates are the same on every level of the pyramid.
     theta = np.zeros((len(s), 2, 3))
@@ -416,6 +423,13 @@ def _render(picture: _Picture, path: CameraPath, height: int, width: int, rng: n
     grid = F.affine_grid(torch.from_numpy(theta).float(), [len(s), 3, height, width], align_corners=False)
     return F.grid_sample(src.expand(len(s), -1, -1, -1), grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
+
+
+def _render(picture: _Picture, path: CameraPath, height: int, width: int, rng: np.random.Generator,
+            min_scale: float = 0.6, max_scale: float = 4.0):
+    """:func:`render_path` on a :class:`_Picture`; returns float32 frames ``[T, 3, height, width]`` (0-255)."""
+    placement = _placement(picture, path, height, width, rng, min_scale, max_scale)
+    return _sample(picture, path, height, width, placement)
 
 
 def render_path(image: np.ndarray, path: CameraPath, height: int, width: int, rng: np.random.Generator,
@@ -550,12 +564,14 @@ def camera_motion_clip(label: str, times: np.ndarray, height: int, width: int, r
     times = np.asarray(times, dtype=np.float64)
     fixed = None if image is None else _Picture(image)
     for _ in range(_MAX_TRIES):
-        # A view with too little texture shows no motion at all: pick another picture / place.
+        # A view with too little texture shows no motion at all: pick another picture / place
+        # (judged on the first frame, before rendering the others).
         picture = _pick_source(split, rng) if fixed is None else fixed
         path = motion_segment(label, times - times.min(), min(height, width), rng, fps=fps)
-        frames = _render(picture, path, height, width, rng)
-        if fixed is not None or _texture(frames[0]) >= MIN_TEXTURE:
+        placement = _placement(picture, path, height, width, rng)
+        if fixed is not None or _texture(_sample(picture, path, height, width, placement, slice(0, 1))[0]) >= MIN_TEXTURE:
             break
+    frames = _sample(picture, path, height, width, placement)
     if view_size is not None:
         from videoapp.data.transforms import center_crop, resize_short_side
 

@@ -649,3 +649,20 @@ def hiera_xxs_st_8x64(**kwargs: Any) -> Hiera:
     return _build("base", {**_VIDEO, "input_size": (8, 64, 64)},
                   {"embed_dim": 24, "num_heads": 1, "stages": (1, 1, 2, 1), "patch_stride": (1, 4, 4),
                    "q_stride": (2, 2, 2), "mask_unit_size": (4, 4, 4), **kwargs})
+
+
+@register_model("hiera", num_frames=8, sampling_rate=4, crop_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def hiera_xxs_stg_8x64(**kwargs: Any) -> Hiera:
+    """Hiera-XXS-STG video 8 frames, 64 px: spatio-temporal mask units, global from stage 2; blocks 1-2-2-1.
+
+    ``hiera_xxs_st_8x64`` with global attention from the second block of stage 2
+    (4 x 8 x 8 tokens) and q-pooling at two stage changes only (stages 3-4 on
+    2 x 4 x 4 tokens): telling a zoom (radial motion) from a roll (tangential
+    motion) needs to compare motion across the frame while the grid is still
+    fine; with attention inside mask units until the last 4 x 4 / 2 x 2 grids,
+    the smaller variants confuse the two.
+    """
+    return _build("base", {**_VIDEO, "input_size": (8, 64, 64)},
+                  {"embed_dim": 24, "num_heads": 1, "stages": (1, 2, 2, 1), "patch_stride": (1, 4, 4),
+                   "q_stride": (2, 2, 2), "mask_unit_size": (4, 4, 4), "q_pool": 2,
+                   "mask_unit_attn": (True, False, False, False), **kwargs})

@@ -17,7 +17,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "pos_embed" in name:
+            if "pos_embed" in name or "rel_pos" in name:
                 mean, std = 0.0, 0.2
             elif "norm" in name and name.endswith("weight"):
                 mean, std = 1.0, 0.2

@@ -206,26 +206,30 @@ def test_weights_import_and_list(capsys, tmp_path):
     assert code == 2 and "does not fit mvitv2_b_32x3" in err and len(err.strip().splitlines()) == 1
 
 
-def test_weights_inflate_end_to_end(capsys, tmp_path):
+@pytest.mark.parametrize("image_name, model, frames, other", [
+    ("hiera_tiny_224", "hiera_tiny_16x224", 16, "hiera_base_16x224"),
+    ("mvitv2_tiny", "mvitv2_tiny_16x224", 4, "mvitv2_small_16x224"),
+])
+def test_weights_inflate_end_to_end(capsys, tmp_path, image_name, model, frames, other):
     """An inflated timm image checkpoint, loaded from the written file, reproduces the image model on still clips."""
     import timm
 
     from random_weights import randomise
 
     torch.manual_seed(0)
-    image_model = timm.create_model("hiera_tiny_224", pretrained=False).eval()
+    image_model = timm.create_model(image_name, pretrained=False).eval()
     randomise(image_model)
-    src = tmp_path / "hiera_tiny_224.pth"
+    src = tmp_path / f"{image_name}.pth"
     torch.save(image_model.state_dict(), src)
-    out = tmp_path / "hiera_tiny_16x224_inflated.safetensors"
-    code, stdout, err = run_cli(capsys, "weights", "inflate", src, "--model", "hiera_tiny_16x224", "--out", out)
+    out = tmp_path / f"{model}_inflated.safetensors"
+    code, stdout, err = run_cli(capsys, "weights", "inflate", src, "--model", model, "--out", out)
     assert code == 0, err
     assert "1000 classes" in stdout and "centre-frame" in stdout
-    video_model = create_model("hiera_tiny_16x224", pretrained=str(out)).eval()
+    video_model = create_model(model, pretrained=str(out)).eval()
     frame = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         expected = image_model(frame)  # timm returns logits (no softmax)
-        got = video_model(frame[:, :, None].expand(-1, -1, 16, -1, -1))
+        got = video_model(frame[:, :, None].expand(-1, -1, frames, -1, -1))
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
-    code, _, err = run_cli(capsys, "weights", "inflate", src, "--model", "hiera_base_16x224", "--out", tmp_path / "b.safetensors")
+    code, _, err = run_cli(capsys, "weights", "inflate", src, "--model", other, "--out", tmp_path / "b.safetensors")
     assert code == 2 and len(err.strip().splitlines()) == 1

@@ -136,3 +136,129 @@ def test_non_hiera_checkpoint_is_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, path)
     with pytest.raises(CheckpointError, match="cannot tell the checkpoint format"):
         inflate_checkpoint(path, "hiera_tiny_16x224")
+
+
+# --------------------------------------------------------------------------- MViTv2 (timm mvitv2_* -> mvitv2_*_16x224)
+MVIT_SIZES = ["tiny", "small", "base", "large"]
+
+
+def timm_mvit(size: str, seed: int, img_size: int = 224) -> nn.Module:
+    """A random timm ImageNet ``mvitv2_<size>`` (no cls token, mean pooling) at ``img_size``."""
+    return random_model(lambda: timm.create_model(f"mvitv2_{size}", pretrained=False, img_size=img_size), seed=seed)
+
+
+def to_official_mvit(timm_state: dict[str, torch.Tensor], depths: tuple[int, ...], expand_attn: bool) -> dict:
+    """timm ``mvitv2_*`` keys -> the official MViT repo's ``MViTv2_*_in1k.pyth`` keys (``blocks.N``, ``proj``,
+    ``head.projection``): the inverse of timm's own ``checkpoint_filter_fn``."""
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    out = {}
+    for key, value in timm_state.items():
+        if key.startswith("stages."):
+            _, s, _, j, rest = key.split(".", 4)
+            rest = rest.replace("shortcut_proj_attn." if expand_attn else "shortcut_proj_mlp.", "proj.")
+            key = f"blocks.{starts[int(s)] + int(j)}.{rest}"
+        out[key.replace("head.fc.", "head.projection.")] = value
+    return out
+
+
+@pytest.mark.parametrize("size", MVIT_SIZES)
+def test_timm_mvitv2_fits_its_video_variant(size):
+    """Every timm key has its place (shapes checked on the meta device): the stem and all Q/K/V pooling
+    kernels go centre-frame, every rel_pos_t starts at zero, nothing else changes."""
+    with torch.device("meta"):
+        image = timm.create_model(f"mvitv2_{size}", pretrained=False)
+        video = create_model(f"mvitv2_{size}_16x224", num_classes=1000)
+    from videoapp.models.mvitv2 import convert_timm
+
+    state, report = inflate_state_dict(convert_timm(image.state_dict()), video)
+    blocks = len(video.blocks)
+    pools = sum(b.attn.pool_q is not None for b in video.blocks) + 2 * blocks  # K/V pool in every block
+    assert report.unused == [] and report.fresh == [] and report.resized == []
+    assert len(report.zeroed) == blocks and all(k.endswith("rel_pos_t") for k in report.zeroed)
+    assert "patch_embed.proj.weight" in report.centre_frame and len(report.centre_frame) == 1 + pools
+    assert set(state) == set(video.state_dict())
+
+
+@pytest.mark.slow
+def test_timm_mvitv2_tiny_checkpoint_inflates_to_identity(tmp_path):
+    image_model = timm_mvit("tiny", seed=21)
+    path = tmp_path / "mvitv2_tiny_timm.pth"
+    torch.save({"state_dict": image_model.state_dict()}, path)
+    state, report = inflate_checkpoint(path, "mvitv2_tiny_16x224")
+    assert report.source == "timm" and report.num_classes == 1000 and report.resized == []
+    # On identical frames a per-frame temporal logit factors out of the softmax, so the identity below
+    # cannot see rel_pos_t: check that it starts at zero (no frame told apart) directly.
+    assert report.zeroed and all(not state[k].any() for k in report.zeroed)
+    video = with_state(lambda: create_model("mvitv2_tiny_16x224", num_classes=1000), state)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(22))
+    with torch.inference_mode():
+        expected = image_model(x)
+        got = video(still_clip(x, 4))  # 2 token frames: attention across time is exercised
+    assert rel_err(got, expected) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_timm_mvitv2_inflates_to_identity_at_96px(size):
+    """Small (width change in the attention) and large (width change in the MLP, 2 heads) at 96 px."""
+    image_model = timm_mvit(size, seed=23, img_size=96)
+    from videoapp.models.mvitv2 import convert_timm
+
+    def factory() -> nn.Module:
+        return create_model(f"mvitv2_{size}_16x224", num_classes=1000, crop_size=96, num_frames=4)
+
+    with torch.device("meta"):
+        video = factory()
+    state, report = inflate_state_dict(convert_timm(image_model.state_dict()), video)
+    assert report.resized == [] and report.unused == []
+    video = with_state(factory, state)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(24))
+    with torch.inference_mode():
+        assert rel_err(video(still_clip(x, 4)), image_model(x)) <= 1e-5
+
+
+def test_official_mvit_image_checkpoint_inflates_like_timm(tmp_path):
+    """The official ``MViTv2_T_in1k.pyth`` layout (``model_state``, ``blocks.N``) gives the same video weights."""
+    image_model = timm_mvit("tiny", seed=25, img_size=64)
+    timm_path, official_path = tmp_path / "timm.pth", tmp_path / "MViTv2_T_in1k.pyth"
+    torch.save(image_model.state_dict(), timm_path)
+    torch.save({"model_state": to_official_mvit(image_model.state_dict(), (1, 2, 5, 2), True)}, official_path)
+    from_timm, _ = inflate_checkpoint(timm_path, "mvitv2_tiny_16x224")
+    from_official, report = inflate_checkpoint(official_path, "mvitv2_tiny_16x224")
+    assert report.source == "slowfast"
+    assert from_timm.keys() == from_official.keys()
+    assert all(torch.equal(from_timm[k], from_official[k]) for k in from_timm)
+
+
+def test_mvitv2_rel_pos_tables_are_resized_only_for_another_grid():
+    image_state = timm_mvit("tiny", seed=26, img_size=64).state_dict()
+    from videoapp.models.inflate import resize_rel_pos
+    from videoapp.models.mvitv2 import convert_timm
+
+    image_state = convert_timm(image_state)
+    with torch.device("meta"):
+        video = create_model("mvitv2_tiny_16x224", num_classes=1000, crop_size=128)
+    state, report = inflate_state_dict(image_state, video)
+    # 64 px -> 128 px: stage-1 tables go from 2*16-1 to 2*32-1 rows, linearly.
+    assert "blocks.0.attn.rel_pos_h" in report.resized and len(report.resized) == 2 * len(video.blocks)
+    assert state["blocks.0.attn.rel_pos_h"].shape[0] == 63
+    assert torch.equal(state["blocks.0.attn.rel_pos_w"], resize_rel_pos(image_state["blocks.0.attn.rel_pos_w"], 63))
+
+
+def test_mvitv2_with_a_cls_token_is_not_an_inflation_target_for_timm(tmp_path):
+    """timm's ImageNet MViTv2 has no cls token: the SlowFast video layout (cls token, K/V stride 8) does not fit."""
+    image_model = timm_mvit("small", seed=27, img_size=64)
+    path = tmp_path / "mvitv2_small.pth"
+    torch.save(image_model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="do not fit mvitv2_s_16x4.*cls_token missing") as err:
+        inflate_checkpoint(path, "mvitv2_s_16x4")
+    assert "\n" not in str(err.value)
+
+
+def test_importing_an_image_checkpoint_into_a_video_model_points_to_inflate(tmp_path):
+    from videoapp.weights import import_checkpoint
+
+    path = tmp_path / "mvitv2_tiny.pth"
+    torch.save(timm_mvit("tiny", seed=28, img_size=64).state_dict(), path)
+    with pytest.raises(CheckpointError, match="shape mismatch: patch_embed.proj.weight .*use 'videoapp weights inflate'"):
+        import_checkpoint(path, "mvitv2_tiny_16x224")

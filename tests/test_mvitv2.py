@@ -408,6 +408,32 @@ def test_row_chunks_give_the_same_result(tiny, monkeypatch):
         assert rel_err(b.detach(), a) <= 1e-5
 
 
+def test_model_without_cls_token_pools_the_mean():
+    """The ImageNet layout (no cls token): features are the mean of the final-normed tokens, every
+    path (row chunks, autograd, bf16 autocast, intermediates) agrees, and training reaches every parameter."""
+    torch.manual_seed(12)
+    model = randomise_(create_model("mvitv2_tiny_16x224", depths=(1, 1, 2, 1), embed_dim=16, crop_size=64,
+                                    num_frames=4, num_classes=5), seed=13)
+    assert model.cls_token is None and "cls_token" not in model.state_dict()
+    x = torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(14))
+    with torch.inference_mode():
+        feats = model.forward_features(x)
+        maps = model.forward_intermediates(x)
+        tokens = model.norm(model._run(x, cls_only=False))
+        logits = model.head(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 2, 16, 16), (2, 32, 2, 8, 8), (2, 64, 2, 4, 4), (2, 128, 2, 2, 2)]
+    assert tokens.shape == (2, 8, 128) and torch.allclose(feats, tokens.mean(1), atol=1e-6)
+    assert torch.allclose(maps[-1], tokens_to_grid(tokens, (2, 2, 2)))
+    assert rel_err(low.float(), logits) <= 0.05
+    grad_feats = model.forward_features(x)  # autograd path: out-of-place, no row chunks
+    assert rel_err(grad_feats.detach(), feats) <= 1e-5
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
 def test_image_input_is_one_frame_clip(tiny):
     img = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():

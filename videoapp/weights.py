@@ -207,7 +207,10 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
-        raise CheckpointError(f"{what}: " + "; ".join(problems))
+        lacks_time = [k for k in expected if k in state and len(state[k].shape) + 1 == len(expected[k])
+                      and tuple(state[k].shape[2:]) == tuple(expected[k][3:])]
+        hint = " (a 2-D image checkpoint: use 'videoapp weights inflate')" if lacks_time else ""
+        raise CheckpointError(f"{what}: " + "; ".join(problems) + hint)
 
 
 def ssv2_slowfast_preprocessing(model_name: str) -> dict[str, Any]:

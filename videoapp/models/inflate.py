@@ -19,7 +19,8 @@ image tokens, per-token layers (norms, linears, MLPs) act frame by frame, and
 an attention whose keys/values are T copies of the same set gives every copy
 ``exp(s)/(T * sum exp)``; summing the T copies restores the image attention
 exactly. Mean pooling over T copies is the image mean. Family-specific
-arguments live beside each family's rules (:func:`hiera_rules`).
+arguments live beside each family's rules (:func:`hiera_rules`,
+:func:`mvitv2_rules`).
 
 :func:`inflate_state_dict` works on in-memory state dicts (our key names);
 :func:`inflate_checkpoint` reads any image checkpoint that the family's
@@ -41,7 +42,9 @@ __all__ = [
     "InflationReport",
     "centre_frame_kernel",
     "resize_pos_embed_2d",
+    "resize_rel_pos",
     "hiera_rules",
+    "mvitv2_rules",
     "RULES",
     "inflate_state_dict",
     "inflate_checkpoint",
@@ -139,8 +142,49 @@ def hiera_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module,
     return {"pos_embed_spatial": spatial, "pos_embed_temporal": pos.new_zeros(1, t, pos.shape[-1])}, {"pos_embed"}
 
 
-#: Family name (registry ``family``) -> its inflation rule. MViTv2 adds ``"mvitv2"``.
-RULES: dict[str, Rule] = {"hiera": hiera_rules}
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample a relative-position table ``[L, C]`` to ``[length, C]`` (``table`` itself if ``L == length``).
+
+    The same interpolation SlowFast and timm apply to MViTv2 tables for another input size.
+    """
+    if table.shape[0] == length:
+        return table
+    out = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode="linear")
+    return out.squeeze(0).t().to(table.dtype)
+
+
+def mvitv2_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module,
+                 report: InflationReport) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """MViTv2 image ``rel_pos_h/w`` -> video tables (resized only for another grid) + zero ``rel_pos_t``.
+
+    Identity on T identical frames (for the ImageNet layout,
+    ``mvitv2_*_16x224``): the stem and the Q/K/V pooling convolutions are
+    centre-frame with temporal padding ``k_t // 2`` and temporal stride 1 in
+    every block, so each token frame is computed from its own input frame
+    exactly as the image; the skip max-pool is (1, 3, 3); with ``rel_pos_t``
+    zero every key appears once per token frame with the image's spatial
+    logits, which leaves the softmax-weighted sums unchanged; the mean of the
+    final-normed tokens over equal frames is the image mean.
+    """
+    target = video_model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    consumed: set[str] = set()
+    for key, want in target.items():
+        if key.endswith(".attn.rel_pos_t"):
+            out[key] = torch.zeros(want.shape, dtype=want.dtype)  # the video model may be on "meta"
+            report.zeroed.append(key)
+        elif key.endswith((".attn.rel_pos_h", ".attn.rel_pos_w")):
+            table = image_state[key]
+            if table.shape[1:] != want.shape[1:]:
+                raise ValueError(f"{key} {tuple(table.shape)} vs {tuple(want.shape)}")
+            out[key] = resize_rel_pos(table, want.shape[0])
+            (report.resized if table.shape[0] != want.shape[0] else report.copied).append(key)
+            consumed.add(key)
+    return out, consumed
+
+
+#: Family name (registry ``family``) -> its inflation rule.
+RULES: dict[str, Rule] = {"hiera": hiera_rules, "mvitv2": mvitv2_rules}
 
 
 def _family_of(model: nn.Module) -> str:

@@ -39,13 +39,21 @@ reference on CPU while keeping float32 results equal to rounding:
    the cls token is needed (``forward`` / ``forward_features``).
 
 Our state-dict keys are SlowFast's, except ``attn.q/k/v`` (split ``qkv``) and
-``head.fc`` (``head.projection``); :data:`CONVERTERS` maps torchvision and
-SlowFast checkpoints onto them.
+``head.fc`` (``head.projection``); :data:`CONVERTERS` maps torchvision,
+SlowFast and timm checkpoints onto them.
+
+The ImageNet MViTv2 models (timm ``mvitv2_{tiny,small,base,large}``, the
+official ``MViTv2_*_in1k.pyth``) have another layout: no cls token (mean of
+the final-normed tokens), K/V stride 4 in stage 1, and for L the width change
+in the MLP. ``mvitv2_{tiny,small,base,large}_16x224`` are those networks in 3-D
+(K/V stride (1, 4, 4), Q stride (1, 2, 2), every kernel with a time axis), the
+targets of :mod:`videoapp.models.inflate`.
 """
 from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -64,10 +72,15 @@ __all__ = [
     "detect_source",
     "convert_torchvision",
     "convert_slowfast",
+    "convert_timm",
     "mvitv2_s_16x4",
     "mvitv2_b_32x3",
     "mvitv2_l_40x3",
     "mvitv2_l_40x3_ssv2",
+    "mvitv2_tiny_16x224",
+    "mvitv2_small_16x224",
+    "mvitv2_base_16x224",
+    "mvitv2_large_16x224",
     "mvitv2_xxs_8x64",
 ]
 
@@ -122,8 +135,8 @@ def _rel_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
 class MultiScaleAttention(nn.Module):
     """Pooling attention with decomposed relative position and residual pooling.
 
-    Input ``[B, 1 + T*H*W, dim]`` (cls token first) on the grid ``thw``;
-    output ``[B, 1 + T'*H'*W', dim_out]`` on the Q-pooled grid ``thw'``.
+    Input ``[B, P + T*H*W, dim]`` (``P`` = 1 with the cls token first, else 0)
+    on the grid ``thw``; output ``[B, P + T'*H'*W', dim_out]`` on the Q-pooled grid ``thw'``.
     ``input_size`` (the configured grid) only sizes the relative-position tables.
     Parameters: ``q``, ``k``, ``v``, ``proj`` (Linear); ``pool_q/k/v`` (depthwise
     ``Conv3d`` weight ``[head_dim, 1, *kernel]``, shared by the heads) with
@@ -144,6 +157,7 @@ class MultiScaleAttention(nn.Module):
         rel_pos: bool = True,
         residual_pooling: bool = True,
         norm_eps: float = 1e-6,
+        has_cls: bool = True,
     ) -> None:
         super().__init__()
         if dim_out % num_heads:
@@ -152,6 +166,8 @@ class MultiScaleAttention(nn.Module):
         self.head_dim = dim_out // num_heads
         self.dim_out = dim_out
         self.residual_pooling = residual_pooling
+        # Leading tokens that are never pooled and carry no position: the cls token (1) or none (0).
+        self.num_prefix = 1 if has_cls else 0
         self.q = nn.Linear(dim, dim_out, bias=qkv_bias)
         self.k = nn.Linear(dim, dim_out, bias=qkv_bias)
         self.v = nn.Linear(dim, dim_out, bias=qkv_bias)
@@ -202,28 +218,31 @@ class MultiScaleAttention(nn.Module):
         return x
 
     def project_pool(self, x: torch.Tensor, thw: Sequence[int], cls_only: bool = False):
-        """Project and pool ``x`` ``[B, 1+N, dim]`` (cls first) into per-head Q, K, V.
+        """Project and pool ``x`` ``[B, P+N, dim]`` (cls first when ``P`` = 1) into per-head Q, K, V.
 
         Returns ``(q_cls, q_tok, k, v, q_thw, k_thw)``: ``q_cls`` ``[B, 1, heads,
-        head_dim]`` (the cls token is never pooled), ``q_tok`` ``[B, Nq, heads,
-        head_dim]`` on the pooled grid ``q_thw`` (``None`` with ``cls_only``),
-        ``k``/``v`` ``[B, 1+Nk, heads, head_dim]`` with the cls key first.
-        Keeping the cls query apart saves concatenating the large Q.
+        head_dim]`` (the cls token is never pooled; ``None`` without one),
+        ``q_tok`` ``[B, Nq, heads, head_dim]`` on the pooled grid ``q_thw``
+        (``None`` with ``cls_only``), ``k``/``v`` ``[B, P+Nk, heads, head_dim]``
+        with the cls key first. Keeping the cls query apart saves concatenating the large Q.
         """
+        p = self.num_prefix
         if cls_only:
+            if not p:
+                raise ValueError("cls_only needs a cls token")
             q = self.q(x[:, :1])
             q_tok, q_thw = None, self.pooled_size(thw, self.pool_q)
         else:
             q = self.q(x)
-            q_tok, q_thw = self._pool_tokens(q[:, 1:], thw, self.pool_q)
+            q_tok, q_thw = self._pool_tokens(q[:, p:], thw, self.pool_q)
             q_tok = self._heads(q_tok, self.norm_q)
-        q_cls = self._heads(q[:, :1], self.norm_q)
+        q_cls = self._heads(q[:, :1], self.norm_q) if p else None
         kv = []
         for proj, conv, norm in ((self.k, self.pool_k, self.norm_k), (self.v, self.pool_v, self.norm_v)):
             y = proj(x)
-            tok, k_thw = self._pool_tokens(y[:, 1:], thw, conv)
+            tok, k_thw = self._pool_tokens(y[:, p:], thw, conv)
             if conv is not None:
-                y = torch.cat((y[:, :1], tok), dim=1)
+                y = torch.cat((y[:, :p], tok), dim=1) if p else tok
             kv.append(self._heads(y, norm))
         return q_cls, q_tok, kv[0], kv[1], q_thw, k_thw
 
@@ -256,23 +275,25 @@ class MultiScaleAttention(nn.Module):
     def rel_pos_mask(rel, start: int, stop: int, num_keys: int, inplace: bool = False) -> torch.Tensor:
         """Float attention mask ``[B, heads, stop-start, num_keys]`` for query tokens ``[start, stop)``.
 
-        Column 0 (the cls key) is zero; the rest is ``rt + rh + rw`` broadcast
-        over the key grid (keys in ``t, h, w`` order), one write per element.
+        The cls key's column (the first, when ``num_keys`` counts one) is zero;
+        the rest is ``rt + rh + rw`` broadcast over the key grid (keys in
+        ``t, h, w`` order), one write per element.
         ``inplace`` writes the sum straight into the mask buffer (no autograd).
         """
         rt, rh, rw = rel
         b, _, heads, kt = rt.shape
         kh, kw = rh.shape[-1], rw.shape[-1]
-        if num_keys != 1 + kt * kh * kw:
-            raise RuntimeError(f"relative position expects {1 + kt * kh * kw} keys, got {num_keys}")
+        prefix = num_keys - kt * kh * kw
+        if prefix not in (0, 1):
+            raise RuntimeError(f"relative position expects {kt * kh * kw} grid keys, got {num_keys} keys")
         n = stop - start
         t = rt[:, start:stop].transpose(1, 2)[..., :, None, None]
         hw = (rh[:, start:stop, :, :, None] + rw[:, start:stop, :, None, :]).transpose(1, 2)[..., None, :, :]
         if not inplace:
-            return F.pad((t + hw).reshape(b, heads, n, num_keys - 1), (1, 0))
+            return F.pad((t + hw).reshape(b, heads, n, num_keys - prefix), (prefix, 0))
         mask = rt.new_empty(b, heads, n, num_keys)
-        mask[..., 0] = 0
-        torch.add(t, hw, out=mask[..., 1:].view(b, heads, n, kt, kh, kw))
+        mask[..., :prefix] = 0
+        torch.add(t, hw, out=mask[..., prefix:].view(b, heads, n, kt, kh, kw))
         return mask
 
     # -- per-row part ---------------------------------------------------------
@@ -295,11 +316,13 @@ class MultiScaleAttention(nn.Module):
         return self.proj(out.reshape(b, n, self.dim_out))
 
     def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """``[B, 1+N, dim]`` on grid ``thw`` -> (``[B, 1+N', dim_out]``, ``thw'``)."""
+        """``[B, P+N, dim]`` on grid ``thw`` -> (``[B, P+N', dim_out]``, ``thw'``)."""
         q_cls, q_tok, k, v, q_thw, k_thw = self.project_pool(x, thw)
         rel = self.rel_pos_terms(q_tok, q_thw, k_thw)
         mask = None if rel is None else self.rel_pos_mask(rel, 0, q_tok.shape[1], k.shape[1])
-        out = torch.cat((self.attend(q_cls, k, v, None, False), self.attend(q_tok, k, v, mask, True)), dim=1)
+        out = self.attend(q_tok, k, v, mask, True)
+        if q_cls is not None:
+            out = torch.cat((self.attend(q_cls, k, v, None, False), out), dim=1)
         return out, q_thw
 
 
@@ -307,7 +330,8 @@ class MultiScaleAttention(nn.Module):
 class MultiScaleBlock(nn.Module):
     """One MViTv2 block: ``x + attn(norm1(x))`` then ``+ mlp(norm2(.))``, with pooled skip.
 
-    ``[B, 1 + T*H*W, dim]`` -> ``[B, 1 + T'*H'*W', dim_out]``. With
+    ``[B, P + T*H*W, dim]`` -> ``[B, P + T'*H'*W', dim_out]`` (``P`` = 1 with a
+    cls token first, else 0). With
     ``dim_mul_in_att`` the channel change happens in the attention and the skip
     goes through ``proj(norm1(x))``; otherwise the MLP changes the width and the
     skip is ``proj(norm2(.))``. A Q stride > 1 max-pools the skip with kernel
@@ -331,6 +355,7 @@ class MultiScaleBlock(nn.Module):
         residual_pooling: bool = True,
         dim_mul_in_att: bool = True,
         norm_eps: float = 1e-6,
+        has_cls: bool = True,
     ) -> None:
         super().__init__()
         self.dim, self.dim_out = dim, dim_out
@@ -340,6 +365,7 @@ class MultiScaleBlock(nn.Module):
         self.attn = MultiScaleAttention(
             dim, att_dim, num_heads, input_size, kernel_q, kernel_kv, stride_q, stride_kv,
             qkv_bias=qkv_bias, rel_pos=rel_pos, residual_pooling=residual_pooling, norm_eps=norm_eps,
+            has_cls=has_cls,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(att_dim, eps=norm_eps)
@@ -354,7 +380,8 @@ class MultiScaleBlock(nn.Module):
 
     def _skip(self, x: torch.Tensor, xn: torch.Tensor, thw: Sequence[int],
               cls_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Skip path split as (cls row ``[B, 1, C]``, tokens ``[B, Nq, C]`` or ``None``)."""
+        """Skip path split as (cls row ``[B, 1, C]`` or ``None``, tokens ``[B, Nq, C]`` or ``None``)."""
+        p = self.attn.num_prefix
         src = xn if (self.proj is not None and self.dim_mul_in_att) else x
         if cls_only:
             src = src[:, :1]
@@ -362,11 +389,11 @@ class MultiScaleBlock(nn.Module):
             src = self.proj(src)
         if cls_only:
             return src, None
-        tok = src[:, 1:]
+        tok = src[:, p:]
         if self.skip_kernel is not None:
             grid = max_pool_nd(tokens_to_grid(tok, thw), self.skip_kernel, self.skip_stride, self.skip_padding)
             tok = grid_to_tokens(grid)
-        return src[:, :1], tok
+        return (src[:, :1] if p else None), tok
 
     def _rows(self, q, k, v, mask, skip, residual: bool, inplace: bool, out: torch.Tensor | None = None):
         """Block output for query rows ``q`` ``[B, n, heads, head_dim]``: ``[B, n, dim_out]`` (into ``out`` if given)."""
@@ -382,10 +409,10 @@ class MultiScaleBlock(nn.Module):
         return z.add_(y) if inplace and z.dtype == y.dtype else y + z
 
     def forward(self, x: torch.Tensor, thw: Sequence[int], cls_only: bool = False) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """``[B, 1+N, dim]`` on grid ``thw`` -> (``[B, 1+N', dim_out]``, ``thw'``).
+        """``[B, P+N, dim]`` on grid ``thw`` -> (``[B, P+N', dim_out]``, ``thw'``).
 
         With ``cls_only`` only the cls row is computed (``[B, 1, dim_out]``):
-        all a classifier needs from the last block.
+        all a classifier needs from the last block (cls-token models only).
         """
         xn = self.norm1(x)
         q_cls, q_tok, k, v, q_thw, k_thw = self.attn.project_pool(xn, thw, cls_only)
@@ -393,7 +420,8 @@ class MultiScaleBlock(nn.Module):
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.norm1.weight.requires_grad)
         # Autograd needs out-of-place ops, and drop-path one mask per sample: no chunks.
         inplace = not (needs_grad or self.training)
-        cls_out = self._rows(q_cls, k, v, None, skip_cls, residual=False, inplace=inplace)
+        p = self.attn.num_prefix
+        cls_out = self._rows(q_cls, k, v, None, skip_cls, residual=False, inplace=inplace) if p else None
         if cls_only:
             return cls_out, q_thw
         rel = self.attn.rel_pos_terms(q_tok, q_thw, k_thw)
@@ -405,15 +433,22 @@ class MultiScaleBlock(nn.Module):
 
         if not inplace:
             tok_out = self._rows(q_tok, k, v, mask(0, rows), skip_tok, residual=True, inplace=False)
-            return torch.cat((cls_out, tok_out), dim=1), q_thw
+            return (torch.cat((cls_out, tok_out), dim=1) if p else tok_out), q_thw
         widest = max(self.attn.num_heads * num_k, self.mlp.fc1.out_features)
         step = rows if x.device.type != "cpu" else max(_CHUNK_MIN_ROWS, _CHUNK_ELEMENTS // (b * widest))
-        out = cls_out.new_empty(b, 1 + rows, cls_out.shape[-1])
-        out[:, :1] = cls_out
+        out = None
         for start in range(0, rows, step):
             stop = min(start + step, rows)
-            self._rows(q_tok[:, start:stop], k, v, mask(start, stop), skip_tok[:, start:stop], residual=True,
-                       inplace=True, out=out[:, 1 + start:1 + stop])
+            args = (q_tok[:, start:stop], k, v, mask(start, stop), skip_tok[:, start:stop])
+            if out is None:
+                # The first chunk fixes the dtype (autocast may mix them).
+                first = self._rows(*args, residual=True, inplace=True)
+                out = first.new_empty(b, p + rows, first.shape[-1])
+                if p:
+                    out[:, :1] = cls_out
+                out[:, p + start:p + stop] = first
+            else:
+                self._rows(*args, residual=True, inplace=True, out=out[:, p + start:p + stop])
         return out, q_thw
 
 
@@ -455,6 +490,9 @@ class MViTv2(nn.Module):
         rel_pos: decomposed relative position (MViTv2). ``False`` leaves the model
             without any positional term (an ablation; the official models use it).
         norm_eps: LayerNorm epsilon.
+        use_cls_token: prepend a learned cls token and classify from it (the
+            SlowFast video models); ``False`` classifies from the mean of the
+            final-normed tokens (timm's ImageNet ``mvitv2_{tiny,small,base,large}``).
     """
 
     def __init__(
@@ -481,6 +519,7 @@ class MViTv2(nn.Module):
         dim_mul_in_att: bool = True,
         rel_pos: bool = True,
         norm_eps: float = 1e-6,
+        use_cls_token: bool = True,
     ) -> None:
         super().__init__()
         depths = tuple(int(d) for d in depths)
@@ -491,7 +530,8 @@ class MViTv2(nn.Module):
         self.num_classes = num_classes
         self.patch_stride = patch_stride
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
+        self.num_prefix = 1 if use_cls_token else 0
 
         depth = sum(depths)
         stage_starts = {sum(depths[:i]) for i in range(1, len(depths))}
@@ -518,6 +558,7 @@ class MViTv2(nn.Module):
                 kernel_q=kernel_q, kernel_kv=pool_kernel, stride_q=stride_q, stride_kv=tuple(kv_stride),
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_rates[i], rel_pos=rel_pos,
                 residual_pooling=residual_pooling, dim_mul_in_att=dim_mul_in_att, norm_eps=norm_eps,
+                has_cls=use_cls_token,
             ))
             input_size = [n // s for n, s in zip(input_size, stride_q)]
             dim = dim_out
@@ -530,7 +571,8 @@ class MViTv2(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -548,6 +590,8 @@ class MViTv2(nn.Module):
             raise ValueError(f"expected input [B, C, T, H, W] or [B, C, H, W], got {tuple(x.shape)}")
         grid = self.patch_embed(x)
         tokens, thw = PatchEmbed.flatten(grid)
+        if self.cls_token is None:
+            return tokens, thw
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat((cls, tokens), dim=1), thw
 
@@ -561,7 +605,10 @@ class MViTv2(nn.Module):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled embedding: the final-normed cls token, ``[B, num_features]``."""
+        """Pooled embedding ``[B, num_features]``: the final-normed cls token, or the
+        mean of the final-normed tokens for a model without one."""
+        if self.cls_token is None:
+            return self.norm(self._run(x, cls_only=False)).mean(dim=1)
         # Without autograd the last block computes the cls row only. With it, all
         # rows run so every parameter gets a (zero) gradient, as DDP expects.
         x = self._run(x, cls_only=not torch.is_grad_enabled())
@@ -576,7 +623,7 @@ class MViTv2(nn.Module):
         return self.head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
-        """Feature maps after each stage: ``[B, C_i, T_i, H_i, W_i]``, cls token dropped.
+        """Feature maps after each stage: ``[B, C_i, T_i, H_i, W_i]``, cls token (if any) dropped.
 
         ``C_i`` is ``stage_dims[i]``; the grid halves spatially per stage from
         ``T/2 x H/4 x W/4``. With ``norm`` the last map goes through the final
@@ -589,7 +636,7 @@ class MViTv2(nn.Module):
         for j, (tokens, thw) in enumerate(stages):
             if norm and j == len(stages) - 1:
                 tokens = self.norm(tokens)
-            out.append(tokens_to_grid(tokens[:, 1:], thw))
+            out.append(tokens_to_grid(tokens[:, self.num_prefix:], thw))
         return out
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -677,6 +724,46 @@ def convert_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+_TIMM_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)")
+
+
+def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``mvitv2_*`` (``MultiScaleVit``) state dict -> our keys.
+
+    ``stages.S.blocks.J.*`` -> ``blocks.N.*`` numbered through the stages,
+    fused ``attn.qkv`` split, ``shortcut_proj_attn`` / ``shortcut_proj_mlp`` ->
+    ``proj`` (the width change of the attention or MLP; the model's
+    ``dim_mul_in_att`` tells which). Tensors keep their shapes: a 2-D image
+    checkpoint goes into a video model through :mod:`videoapp.models.inflate`.
+    """
+    depths: dict[int, int] = {}
+    for key in state_dict:
+        m = _TIMM_BLOCK.match(key)
+        if m:
+            stage, block = int(m.group(1)), int(m.group(2))
+            depths[stage] = max(depths.get(stage, 0), block + 1)
+    offsets, total = {}, 0
+    for stage in sorted(depths):
+        offsets[stage] = total
+        total += depths[stage]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        m = _TIMM_BLOCK.match(key)
+        if not m:
+            out[key] = value
+            continue
+        prefix = f"blocks.{offsets[int(m.group(1))] + int(m.group(2))}."
+        rest = m.group(3)
+        if rest.startswith("attn.qkv."):
+            _split_qkv(prefix + "attn.", rest[len("attn.qkv."):], value, out)
+            continue
+        for old in ("shortcut_proj_attn.", "shortcut_proj_mlp."):
+            if rest.startswith(old):
+                rest = "proj." + rest[len(old):]
+        out[prefix + rest] = value
+    return out
+
+
 def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
@@ -686,6 +773,7 @@ CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor
     "videoapp": _identity,
     "torchvision": convert_torchvision,
     "slowfast": convert_slowfast,
+    "timm": convert_timm,
 }
 
 
@@ -694,6 +782,8 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:
     keys = set(state_dict)
     if "conv_proj.weight" in keys or "pos_encoding.class_token" in keys:
         return "torchvision"
+    if "patch_embed.proj.weight" in keys and any(_TIMM_BLOCK.match(k) for k in keys):
+        return "timm"
     if "patch_embed.proj.weight" not in keys:
         return None
     if "head.projection.weight" in keys or any(k.endswith(".attn.qkv.weight") for k in keys):
@@ -745,6 +835,43 @@ def mvitv2_l_40x3(**kwargs: Any) -> MViTv2:
 def mvitv2_l_40x3_ssv2(**kwargs: Any) -> MViTv2:
     """MViTv2-L 40x3, 312 px, SSv2 checkpoint layout: 174 classes, 213.1M params (SSv2 73.3 top-1)."""
     return _build(dict(_L_COMMON, num_classes=174), kwargs)
+
+
+# The ImageNet layout in 3-D (timm ``MultiScaleVitCfg`` defaults): no cls token,
+# mean pooling, K/V stride 4 in stage 1 (divided by each Q stride), never
+# pooling across time, so inflated image weights see each frame as an image.
+# Drop-path rates are the MViTv2 ImageNet recipes'; they do not affect inference.
+_IMAGE_LAYOUT = dict(num_frames=16, crop_size=224, use_cls_token=False, kv_stride_adaptive=(1, 4, 4),
+                     q_stride=(1, 2, 2), num_classes=400)
+_inflated = register_model("mvitv2", num_frames=16, sampling_rate=4, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@_inflated
+def mvitv2_tiny_16x224(**kwargs: Any) -> MViTv2:
+    """MViTv2-T video 16x4, 224 px, ImageNet layout: 96/1 heads, blocks 1-2-5-2, 23.8M params (inflate timm mvitv2_tiny)."""
+    return _build(dict(_IMAGE_LAYOUT, embed_dim=96, num_heads=1, depths=(1, 2, 5, 2), drop_path_rate=0.1), kwargs)
+
+
+@_inflated
+def mvitv2_small_16x224(**kwargs: Any) -> MViTv2:
+    """MViTv2-S video 16x4, 224 px, ImageNet layout: 96/1 heads, blocks 1-2-11-2, 34.5M params (inflate timm mvitv2_small)."""
+    return _build(dict(_IMAGE_LAYOUT, embed_dim=96, num_heads=1, depths=(1, 2, 11, 2), drop_path_rate=0.1), kwargs)
+
+
+@_inflated
+def mvitv2_base_16x224(**kwargs: Any) -> MViTv2:
+    """MViTv2-B video 16x4, 224 px, ImageNet layout: 96/1 heads, blocks 2-3-16-3, 51.2M params (inflate timm mvitv2_base)."""
+    return _build(dict(_IMAGE_LAYOUT, embed_dim=96, num_heads=1, depths=(2, 3, 16, 3), drop_path_rate=0.3), kwargs)
+
+
+@_inflated
+def mvitv2_large_16x224(**kwargs: Any) -> MViTv2:
+    """MViTv2-L video 16x4, 224 px, ImageNet layout: 144/2 heads, blocks 2-6-36-4, 217.6M params (inflate timm mvitv2_large).
+
+    Unlike T/S/B, the width doubles in the MLP of each stage's last block (timm ``expand_attn=False``).
+    """
+    return _build(dict(_IMAGE_LAYOUT, embed_dim=144, num_heads=2, depths=(2, 6, 36, 4), dim_mul_in_att=False,
+                       drop_path_rate=0.5), kwargs)
 
 
 @register_model("mvitv2", num_frames=8, sampling_rate=8, crop_size=64, mean=KINETICS_MEAN, std=KINETICS_STD)

@@ -30,8 +30,6 @@ of MB from run to run.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import sys
 import time
@@ -44,33 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 BENCH_DIR = ROOT / ".bench"
 VIDEO = BENCH_DIR / "bench_60s_640x360_30fps_h264.mp4"
 FPS, SECONDS, WIDTH, HEIGHT, GOP = 30, 60, 640, 360, 60
-
-
-# ----------------------------------------------------------------------------------
-# Memory measurement without psutil
-# ----------------------------------------------------------------------------------
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    # Writing "5" to clear_refs resets VmHWM (Linux >= 4.0).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _prefault(mb: int = 1024) -> None:
@@ -80,30 +56,6 @@ def _prefault(mb: int = 1024) -> None:
     # below gets warm pages, instead of whichever runs first paying for it.
     a = np.ones(mb * 1024 * 1024, np.uint8)
     del a
-
-
-def _trim_heap() -> None:
-    # Hand memory freed by earlier methods back to the OS, so the next method's
-    # peak shows up as growth instead of being hidden in reused heap pages.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def peak_rss_delta(fn: Callable[[], object]) -> Optional[float]:
-    """Peak resident memory growth (MB) during one call of ``fn``; None if it cannot be measured."""
-    gc.collect()
-    _trim_heap()
-    if not _reset_peak():
-        return None
-    base = _status_kb("VmRSS")
-    out = fn()
-    peak = _status_kb("VmHWM")
-    del out
-    if base is None or peak is None:
-        return None
-    return (peak - base) / 1024
 
 
 def time_interleaved(methods: list[tuple[str, Callable[[], object]]], reps: int) -> dict[str, list[float]]:
@@ -277,13 +229,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name, fn in ok:
             results.setdefault(section, []).append({
                 "method": name, "seconds": min(times[name]), "median_s": float(np.median(times[name])),
-                "peak_rss_mb": peak_rss_delta(fn)})
+                "peak_rss_mb": peak_memory_mib(fn)})
 
     for section, methods in plan:
         run_section(section, methods, args.reps)
     if args.full_clip:
         t0 = time.perf_counter()
-        mem = peak_rss_delta(ptv_full_clip)
+        mem = peak_memory_mib(ptv_full_clip)
         results["(b) 8 uniform frames over 60 s"].append(
             {"method": "pytorchvideo pyav get_clip(whole video) + subsample (1 run)",
              "seconds": time.perf_counter() - t0, "peak_rss_mb": mem})

@@ -24,8 +24,6 @@ elsewhere).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import platform
 import statistics
 import sys
@@ -38,47 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 BENCH_DIR = ROOT / ".bench"
-
-
-# ---------------------------------------------------------------------------- memory
-def _proc_status_kib(field: str) -> Optional[int]:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), ``None`` if unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Give freed heap back to the OS, then make VmHWM restart from the current RSS."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mib(fn: Callable[[], object]) -> Optional[float]:
-    """Extra resident memory at the peak of ``fn()``, in MiB (``None`` where it cannot be measured)."""
-    if not _reset_peak_rss():
-        return None
-    before = _proc_status_kib("VmRSS")
-    fn()
-    peak = _proc_status_kib("VmHWM")
-    if before is None or peak is None:
-        return None
-    return (peak - before) / 1024
 
 
 # ---------------------------------------------------------------------------- models

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import yaml
 
 from videoapp.cli import main as cli_main
@@ -247,6 +248,64 @@ def test_fine_tune_new_head_with_frozen_backbone(pool_dir):
             assert torch.equal(v, after[k]), f"{k} changed although the backbone is frozen"
     meta = read_metadata(result.weights)
     assert meta["labels"] == ["pan_left", "pan_right", "static"]
+
+
+def test_distill_loss_and_teacher_renormalisation():
+    from videoapp.engine.train import Teacher, distill_loss
+
+    s = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    assert distill_loss(s, s.clone(), 2.0).abs().item() < 1e-6
+    t = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    p_t, log_p_s = (t / 2).softmax(-1), (s / 2).log_softmax(-1)
+    expected = 4 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+    assert torch.allclose(distill_loss(s, t, 2.0), expected, atol=1e-6)
+    # The teacher sees the same pixels normalised its own way.
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen["x"] = x
+            return x.mean(dim=(2, 3, 4))
+
+    pixels = torch.rand(2, 3, 2, 4, 4)
+    s_mean, s_std, t_mean, t_std = [0.45] * 3, [0.225] * 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    student_x = (pixels - torch.tensor(s_mean).view(1, 3, 1, 1, 1)) / torch.tensor(s_std).view(1, 3, 1, 1, 1)
+    teacher = Teacher(Probe(), s_mean, s_std, t_mean, t_std)
+    teacher.train()
+    assert not teacher.training and not teacher(student_x).requires_grad
+    want = (pixels - torch.tensor(t_mean).view(1, 3, 1, 1, 1)) / torch.tensor(t_std).view(1, 3, 1, 1, 1)
+    assert torch.allclose(seen["x"], want, atol=1e-5)
+
+
+def test_distillation_run_and_teacher_errors(pool_dir):
+    """A Hiera student distils from an MViTv2 teacher (other normalisation); unfit teachers are one-line errors."""
+    from videoapp.engine.train import TrainError
+    from videoapp.weights import read_metadata
+
+    teacher = pool_dir / "smoke" / "model.safetensors"
+    if not teacher.exists():
+        train(config_from_dict(_tiny_config(pool_dir, "smoke")))
+    cfg = _tiny_config(pool_dir, "distilled", epochs=1)
+    cfg["model"]["name"] = "hiera_xxs_st_8x64"
+    cfg["distill"] = {"teacher": str(teacher), "alpha": 0.7, "temperature": 3.0}
+    result = train(config_from_dict(cfg))
+    assert result.step == 3
+    meta = read_metadata(result.weights)
+    assert meta["model"] == "hiera_xxs_st_8x64" and meta["train"]["config"]["distill"]["teacher"] == str(teacher)
+    bad = _tiny_config(pool_dir, "bad_teacher", epochs=1)
+    bad["data"]["pool"]["classes"] = ["pan_left", "pan_right", "static"]
+    bad["distill"] = {"teacher": str(teacher)}
+    with pytest.raises(TrainError, match="its labels are not the training labels") as err:
+        train(config_from_dict(bad))
+    assert "\n" not in str(err.value)
+    bad = _tiny_config(pool_dir, "bad_teacher2", epochs=1)
+    bad["data"].update(sampling_rate=2)
+    bad["distill"] = {"teacher": str(teacher)}
+    with pytest.raises(TrainError, match="sampling_rate is 4, the training clips have 2"):
+        train(config_from_dict(bad))
+    bad["distill"] = {"teacher": str(pool_dir / "missing.safetensors")}
+    with pytest.raises(TrainError, match="distill.teacher"):
+        train(config_from_dict(bad))
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):

@@ -161,6 +161,22 @@ class RunConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (the ``distill:`` section; off without ``teacher``).
+
+    ``teacher``: a weights file (``.safetensors`` with metadata) for the same
+    labels in the same order and the same clip (frames, sampling, crop); its
+    own mean/std are applied to the student's input. The loss becomes
+    ``(1 - alpha) * cross-entropy(labels) + alpha * T**2 * KL(teacher_T || student_T)``
+    with both logits divided by ``temperature`` T (Hinton et al., 2015).
+    """
+
+    teacher: Optional[str] = None
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass
 class Config:
     """A whole training configuration (see the module docstring)."""
 
@@ -168,6 +184,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # --------------------------------------------------------------------------- building from dicts

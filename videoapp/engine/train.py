@@ -252,6 +252,70 @@ def build_model(cfg: Config, classes: Sequence[str], data: dict) -> nn.Module:
     return model
 
 
+class Teacher(nn.Module):
+    """A frozen, trained model whose logits a student learns to match (``distill:`` section).
+
+    ``forward(x)`` takes the *student's* normalised clips ``[B, C, T, H, W]``,
+    re-normalises them with the teacher's own mean/std (per channel, the same
+    pixels) and returns the teacher's logits ``[B, num_classes]`` without autograd.
+    """
+
+    def __init__(self, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float],
+                 teacher_mean: Sequence[float], teacher_std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        s_mean, s_std, t_mean, t_std = (torch.tensor([float(v) for v in a]).view(1, -1, 1, 1, 1)
+                                        for a in (student_mean, student_std, teacher_mean, teacher_std))
+        # x_teacher = (x * s_std + s_mean - t_mean) / t_std = x * scale + shift
+        self.register_buffer("scale", s_std / t_std, persistent=False)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # always in eval mode (dropout, drop path off)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
+def build_teacher(cfg: Config, classes: Sequence[str], data: dict) -> Teacher | None:
+    """The :class:`Teacher` of ``cfg.distill`` (``None`` when off); a :class:`TrainError` when it does not fit.
+
+    The teacher must predict the same labels in the same order from the same
+    clip (frames, sampling rate and mode, crop, channel order) as the student is trained on.
+    """
+    c = cfg.distill
+    if not c.teacher:
+        return None
+    if not 0.0 <= c.alpha <= 1.0 or c.temperature <= 0:
+        raise TrainError(f"distill.alpha must be in [0, 1] and distill.temperature > 0 "
+                         f"(got {c.alpha}, {c.temperature})")
+    from videoapp.models.registry import create_model
+    from videoapp.weights import CheckpointError, read_metadata
+
+    try:
+        meta = read_metadata(c.teacher)
+        if not meta.get("model"):
+            raise TrainError(f"distill.teacher {c.teacher}: not a videoapp weights file (no model in its metadata)")
+        model = create_model(meta["model"], pretrained=c.teacher)
+    except (CheckpointError, OSError) as exc:
+        raise TrainError(f"distill.teacher: {exc}") from None
+    if list(meta.get("labels") or []) != list(classes):
+        raise TrainError(f"distill.teacher {c.teacher}: its labels are not the training labels "
+                         f"({len(meta.get('labels') or [])} vs {len(classes)} classes, or another order)")
+    for key in ("num_frames", "sampling_rate", "sampling", "crop_size", "channel_order"):
+        if key in meta and meta[key] != data[key]:
+            raise TrainError(f"distill.teacher {c.teacher}: {key} is {meta[key]}, the training clips have {data[key]}")
+    return Teacher(model, data["mean"], data["std"], meta.get("mean", data["mean"]), meta.get("std", data["std"]))
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T**2 * KL(softmax(teacher / T) || softmax(student / T))``, mean over the batch (a scalar)."""
+    t = float(temperature)
+    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
 def build_datasets(cfg: Config, classes: list[str], data: dict, train_ann, val_ann, d: _Dist):
     """``(train dataset, val dataset or None)``; the camera-motion pool is rendered (and cached) by rank 0."""
     from videoapp.data.datasets import PoolDataset, VideoDataset
@@ -495,6 +559,12 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
     model = build_model(cfg, classes, data)
     device = d.device
     model.to(device)
+    teacher = build_teacher(cfg, classes, data)
+    if teacher is not None:
+        teacher.to(device)
+        if d.main:
+            logger.info("distilling from %s (alpha %.2f, temperature %.1f)", cfg.distill.teacher,
+                        cfg.distill.alpha, cfg.distill.temperature)
     train_ds, val_ds = build_datasets(cfg, classes, data, train_ann, val_ann, d)
 
     bs, accum = cfg.data.batch_size, opt_cfg.accum_steps
@@ -595,6 +665,12 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
                 with _autocast(device, bf16):
                     logits = net(x)
                 loss = criterion(logits.float(), y)
+                if teacher is not None:
+                    with _autocast(device, bf16):
+                        target = teacher(x)
+                    alpha = cfg.distill.alpha
+                    loss = (1 - alpha) * loss + alpha * distill_loss(logits.float(), target.float(),
+                                                                     cfg.distill.temperature)
                 (loss / accum).backward()
             lv = float(loss.detach())
             ep_stats["loss_sum"] += lv * len(y)
@@ -678,4 +754,4 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
 
 
 __all__ = ["train", "TrainResult", "TrainError", "evaluate", "lr_at", "param_groups", "plot_curves", "topk_correct",
-           "build_model", "build_datasets"]
+           "build_model", "build_datasets", "Teacher", "build_teacher", "distill_loss"]

@@ -1,13 +1,14 @@
 """Training configuration: YAML -> typed dataclasses, with ``--set a.b=c`` overrides.
 
-A config file has four sections that map one-to-one onto :class:`ModelConfig`,
-:class:`DataConfig` (with :class:`PoolConfig`), :class:`OptimConfig` and
-:class:`RunConfig`::
+A config file has sections that map one-to-one onto :class:`ModelConfig`,
+:class:`DataConfig` (with :class:`PoolConfig`), :class:`OptimConfig`,
+:class:`RunConfig` and (optional) :class:`DistillConfig`::
 
     model: {name: mvitv2_xxs_8x64, kwargs: {drop_path_rate: 0.1}}
     data:  {source: camera_motion, batch_size: 32, pool: {train_clips: 8000}}
     optim: {lr: 1.0e-3, warmup_epochs: 1}
     train: {epochs: 10, out_dir: runs/camera_mvitv2}
+    distill: {teacher: weights/camera_mvitv2_xxs.safetensors, alpha: 0.5}
 
 Unknown keys and values of the wrong type are errors that name the key (a
 :class:`ConfigError`, one line). Overrides are ``dotted.key=value`` with the

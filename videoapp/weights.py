@@ -75,6 +75,10 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
+    # safetensors creates the file 0600; weights are meant to be shared like any output file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 

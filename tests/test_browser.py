@@ -19,15 +19,11 @@ import json
 import os
 import tempfile
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from servers import videoapp_serve
 
 CHROMIUM = os.environ.get("VIDEOAPP_CHROMIUM", "/usr/bin/chromium")
 if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
@@ -46,12 +42,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 STEP_MS = 90_000  # one step of the page (prediction on a loaded 2-core machine included)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     from videoapp.data.synthetic import camera_motion_sequence, write_video
@@ -63,40 +53,9 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    data_dir, port = root / "data", _free_port()
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(root / "gradio"), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    log = open(root / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "videoapp", "serve", "--data-dir", str(data_dir), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            cwd=str(root))
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"videoapp serve exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"videoapp serve did not answer within 120 s:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-        yield {"url": url, "data_dir": data_dir, "root": root, "log": log}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=20)
-        log.close()
+    data_dir = root / "data"
+    with videoapp_serve(root, "--data-dir", data_dir) as served:
+        yield {"url": served.url, "data_dir": data_dir, "root": root, "served": served}
 
 
 def _shot(page, name: str) -> Path:
@@ -194,5 +153,4 @@ def test_predict_label_export_in_chromium(server, clip, tmp_path):
             _shot(page, "dataset.png")
         finally:
             ctx.close()
-    server["log"].seek(0)
-    assert "Traceback" not in server["log"].read()
+    assert "Traceback" not in server["served"].log_text()

@@ -18,6 +18,7 @@ from videoapp.models.inflate import (
     inflate_state_dict,
     resize_pos_embed_2d,
 )
+from videoapp.models.mvitv2 import convert_timm
 from videoapp.models.registry import create_model
 from videoapp.weights import CheckpointError
 
@@ -168,8 +169,6 @@ def test_timm_mvitv2_fits_its_video_variant(size):
     with torch.device("meta"):
         image = timm.create_model(f"mvitv2_{size}", pretrained=False)
         video = create_model(f"mvitv2_{size}_16x224", num_classes=1000)
-    from videoapp.models.mvitv2 import convert_timm
-
     state, report = inflate_state_dict(convert_timm(image.state_dict()), video)
     blocks = len(video.blocks)
     pools = sum(b.attn.pool_q is not None for b in video.blocks) + 2 * blocks  # K/V pool in every block
@@ -202,8 +201,6 @@ def test_timm_mvitv2_tiny_checkpoint_inflates_to_identity(tmp_path):
 def test_timm_mvitv2_inflates_to_identity_at_96px(size):
     """Small (width change in the attention) and large (width change in the MLP, 2 heads) at 96 px."""
     image_model = timm_mvit(size, seed=23, img_size=96)
-    from videoapp.models.mvitv2 import convert_timm
-
     def factory() -> nn.Module:
         return create_model(f"mvitv2_{size}_16x224", num_classes=1000, crop_size=96, num_frames=4)
 
@@ -231,18 +228,27 @@ def test_official_mvit_image_checkpoint_inflates_like_timm(tmp_path):
 
 
 def test_mvitv2_rel_pos_tables_are_resized_only_for_another_grid():
-    image_state = timm_mvit("tiny", seed=26, img_size=64).state_dict()
-    from videoapp.models.inflate import resize_rel_pos
-    from videoapp.models.mvitv2 import convert_timm
-
-    image_state = convert_timm(image_state)
+    timm_state = timm_mvit("tiny", seed=26, img_size=64).state_dict()
+    image_state = convert_timm(timm_state)
+    # Same grid (64 px): copied bit for bit.
+    with torch.device("meta"):
+        same = create_model("mvitv2_tiny_16x224", num_classes=1000, crop_size=64)
+    state, report = inflate_state_dict(image_state, same)
+    assert report.resized == [] and "blocks.0.attn.rel_pos_h" in report.copied
+    assert torch.equal(state["blocks.0.attn.rel_pos_h"], image_state["blocks.0.attn.rel_pos_h"])
+    # 64 px -> 128 px: stage-1 tables go from 2*16-1 to 2*32-1 rows, as timm's own checkpoint filter resizes them.
     with torch.device("meta"):
         video = create_model("mvitv2_tiny_16x224", num_classes=1000, crop_size=128)
+        timm_128 = timm.create_model("mvitv2_tiny", pretrained=False, img_size=128)
     state, report = inflate_state_dict(image_state, video)
-    # 64 px -> 128 px: stage-1 tables go from 2*16-1 to 2*32-1 rows, linearly.
     assert "blocks.0.attn.rel_pos_h" in report.resized and len(report.resized) == 2 * len(video.blocks)
+    from timm.models.mvitv2 import checkpoint_filter_fn
+
+    timm_resized = convert_timm(checkpoint_filter_fn(dict(timm_state), timm_128))
+    for key in ("blocks.0.attn.rel_pos_h", "blocks.0.attn.rel_pos_w", "blocks.9.attn.rel_pos_h"):
+        assert state[key].shape == timm_resized[key].shape
+        assert torch.allclose(state[key], timm_resized[key], atol=1e-6), key
     assert state["blocks.0.attn.rel_pos_h"].shape[0] == 63
-    assert torch.equal(state["blocks.0.attn.rel_pos_w"], resize_rel_pos(image_state["blocks.0.attn.rel_pos_w"], 63))
 
 
 def test_mvitv2_with_a_cls_token_is_not_an_inflation_target_for_timm(tmp_path):

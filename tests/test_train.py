@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from videoapp.config import ConfigError, config_from_dict, config_to_dict, load_
 from videoapp.data import datasets as D
 from videoapp.data.synthetic import CAMERA_MOTIONS, cached_pool, write_camera_motion_videos
 from videoapp.engine.train import lr_at, train
+
+from servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -329,19 +330,13 @@ def test_shipped_train_configs_load():
 
 
 # --------------------------------------------------------------------------- distributed
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_gloo(pool_dir, tmp_path):
     import torch.multiprocessing as mp
 
     cfg = _tiny_config(pool_dir, "ddp", epochs=2)
     cfg["optim"]["accum_steps"] = 1
     cfg["train"]["steps_per_epoch"] = 2
-    mp.spawn(_ddp_entry, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_entry, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["world"] == r1["world"] == 2 and r0["step"] == r1["step"] == 4

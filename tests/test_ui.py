@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import socket
 import threading
@@ -30,6 +31,7 @@ from videoapp.ui.app import (
     timeline_figure,
 )
 from videoapp.weights import save_weights
+from servers import free_port, videoapp_serve
 from videos import truncate_copy, write_test_video
 
 TINY = "mvitv2_xxs_8x64"
@@ -420,12 +422,6 @@ def test_build_ui_constructs_blocks(app):
         assert needed in ids
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -444,7 +440,7 @@ def test_serve_help_and_bad_arguments(capsys, tmp_path):
         (["--weights", __file__], ".safetensors"),
     ]
     for extra, msg in cases:
-        code, out, err = run_cli(capsys, "serve", "--data-dir", tmp_path / "d", "--port", _free_port(), *extra)
+        code, out, err = run_cli(capsys, "serve", "--data-dir", tmp_path / "d", "--port", free_port(), *extra)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -465,47 +461,22 @@ def test_serve_help_and_bad_arguments(capsys, tmp_path):
 @pytest.mark.slow
 def test_serve_loopback_auth_and_upload_limit(tmp_path, media):
     """A real `videoapp serve`: listens on 127.0.0.1 only, needs the login, enforces the upload limit."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import httpx
 
-    port = _free_port()
-    repo = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
-               PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("VIDEOAPP_AUTH", None)
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "videoapp", "serve", "--data-dir", str(tmp_path / "data"),
-                             "--port", str(port), "--auth", "ann:s3cret", "--max-upload-mb", "0.01"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.time() + 120
-            while True:
-                assert proc.poll() is None, log.seek(0) or log.read()
-                try:
-                    if client.get("/").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.time() < deadline, "videoapp serve did not start"
-                time.sleep(0.5)
-            # Only the loopback address listens (Linux: /proc/net/tcp{,6}).
-            listening = []
-            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-                if os.path.exists(table):
-                    for line in Path(table).read_text().splitlines()[1:]:
-                        local, state = line.split()[1], line.split()[3]
-                        addr, hexport = local.rsplit(":", 1)
-                        if int(hexport, 16) == port and state == "0A":
-                            listening.append(addr)
-            if listening:
-                assert listening == ["0100007F"], listening
+    with videoapp_serve(tmp_path, "--data-dir", tmp_path / "data", "--auth", "ann:s3cret",
+                        "--max-upload-mb", "0.01") as served:
+        # Only the loopback address listens (Linux: /proc/net/tcp{,6}).
+        listening = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            if os.path.exists(table):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    addr, hexport = local.rsplit(":", 1)
+                    if int(hexport, 16) == served.port and state == "0A":
+                        listening.append(addr)
+        if listening:
+            assert listening == ["0100007F"], listening
+        with httpx.Client(base_url=served.url, timeout=10) as client:
             small = ("small.bin", b"x" * 1000)
             assert client.post("/gradio_api/upload", files={"files": small}).status_code == 401  # not logged in
             assert client.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
@@ -514,17 +485,7 @@ def test_serve_loopback_auth_and_upload_limit(tmp_path, media):
             big = ("long.mp4", Path(media["long"]).read_bytes() * 3)
             assert len(big[1]) > 0.01 * 2**20
             assert client.post("/gradio_api/upload", files={"files": big}).status_code == 413
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.seek(0)
-        text = log.read()
-        log.close()
+    text = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in text, text[-2000:]
     assert "http://127.0.0.1:" in text
 

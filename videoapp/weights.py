@@ -76,9 +76,8 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
     # safetensors creates the file 0600; weights are meant to be shared like any output file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    # (A fixed mode: reading the umask means setting it, which races with other threads.)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 

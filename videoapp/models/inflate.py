@@ -42,7 +42,6 @@ __all__ = [
     "InflationReport",
     "centre_frame_kernel",
     "resize_pos_embed_2d",
-    "resize_rel_pos",
     "hiera_rules",
     "mvitv2_rules",
     "RULES",
@@ -142,17 +141,6 @@ def hiera_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module,
     return {"pos_embed_spatial": spatial, "pos_embed_temporal": pos.new_zeros(1, t, pos.shape[-1])}, {"pos_embed"}
 
 
-def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resample a relative-position table ``[L, C]`` to ``[length, C]`` (``table`` itself if ``L == length``).
-
-    The same interpolation SlowFast and timm apply to MViTv2 tables for another input size.
-    """
-    if table.shape[0] == length:
-        return table
-    out = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode="linear")
-    return out.squeeze(0).t().to(table.dtype)
-
-
 def mvitv2_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module,
                  report: InflationReport) -> tuple[dict[str, torch.Tensor], set[str]]:
     """MViTv2 image ``rel_pos_h/w`` -> video tables (resized only for another grid) + zero ``rel_pos_t``.
@@ -166,6 +154,8 @@ def mvitv2_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module
     logits, which leaves the softmax-weighted sums unchanged; the mean of the
     final-normed tokens over equal frames is the image mean.
     """
+    from videoapp.models.mvitv2 import resize_rel_pos
+
     target = video_model.state_dict()
     out: dict[str, torch.Tensor] = {}
     consumed: set[str] = set()

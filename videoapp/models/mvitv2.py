@@ -73,6 +73,7 @@ __all__ = [
     "convert_torchvision",
     "convert_slowfast",
     "convert_timm",
+    "resize_rel_pos",
     "mvitv2_s_16x4",
     "mvitv2_b_32x3",
     "mvitv2_l_40x3",
@@ -118,6 +119,17 @@ def _rel_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
         return dist.long().to(device)
 
 
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample a relative-position table ``[L, C]`` to ``[length, C]`` (``table`` itself if ``L == length``).
+
+    SlowFast's ``get_rel_pos`` (and timm's checkpoint filter): used at run time
+    for inputs of another size and by inflation for another crop size.
+    """
+    if table.shape[0] == length:
+        return table
+    return F.interpolate(table.t().unsqueeze(0), size=length, mode="linear").squeeze(0).t()
+
+
 def _rel_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
     """Per-axis relative-position embeddings ``[q_size, k_size, head_dim]``.
 
@@ -125,9 +137,7 @@ def _rel_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
     ``2 * max(q_size, k_size) - 1`` rows when the input is not the configured
     size (SlowFast ``get_rel_pos``).
     """
-    length = 2 * max(q_size, k_size) - 1
-    if table.shape[0] != length:
-        table = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear").squeeze(0).t()
+    table = resize_rel_pos(table, 2 * max(q_size, k_size) - 1)
     return table[_rel_index(q_size, k_size, table.device)]
 
 
@@ -531,7 +541,6 @@ class MViTv2(nn.Module):
         self.patch_stride = patch_stride
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
-        self.num_prefix = 1 if use_cls_token else 0
 
         depth = sum(depths)
         stage_starts = {sum(depths[:i]) for i in range(1, len(depths))}
@@ -636,7 +645,7 @@ class MViTv2(nn.Module):
         for j, (tokens, thw) in enumerate(stages):
             if norm and j == len(stages) - 1:
                 tokens = self.norm(tokens)
-            out.append(tokens_to_grid(tokens[:, self.num_prefix:], thw))
+            out.append(tokens_to_grid(tokens[:, 0 if self.cls_token is None else 1:], thw))
         return out
 
     def reset_classifier(self, num_classes: int) -> None:

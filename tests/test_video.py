@@ -5,14 +5,13 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 
 import numpy as np
 import pytest
 
 import videoapp.data.video as video_mod
 from videoapp.data.video import VideoError, VideoInfo, VideoReader, probe
-from videos import (decode_index, decode_indices, truncate_copy, write_empty_video, write_test_audio,
+from videos import (decode_index, decode_indices, no_hang, truncate_copy, write_empty_video, write_test_audio,
                     write_test_video)
 
 decord = pytest.importorskip("decord")
@@ -296,21 +295,6 @@ BAD_CASES = ["missing", "directory", "empty", "text", "truncated_mp4", "truncate
              "truncated_avi", "audio_wav", "audio_m4a", "zero_frames"]
 
 
-@contextlib.contextmanager
-def no_hang(seconds: int = 20):
-    """Turn a hang into a test failure (SIGALRM; main thread, Unix)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("backend", ["auto", "pyav"])
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_raises_video_error(bad_files, case, backend):
@@ -445,3 +429,33 @@ def test_explicit_decord_backend_is_not_swapped(make_video, monkeypatch):
         with pytest.raises(VideoError, match="decoding failed"):
             r.get_frames([1])
         assert r.backend == "decord"
+
+
+# ----------------------------------------------------------------------------------
+# Damaged and unusual files (the end-to-end corpus is tests/test_bad_inputs.py)
+# ----------------------------------------------------------------------------------
+def test_decord_ffmpeg_log_is_silenced(tmp_path, capfd):
+    # decord's own FFmpeg printed "Invalid NAL unit size" / "Error splitting the input into NAL units"
+    # to fd 2 for damaged H.264 before our one-line message.
+    from videos import damage_packets_copy
+
+    src = write_test_video(tmp_path / "src.mp4", num_frames=60, fps=30, width=160, height=120, pattern="moving")
+    bad = damage_packets_copy(src, tmp_path / "bad.mp4", list(range(31, 40)))
+    with VideoReader(bad, backend="decord") as r:
+        with contextlib.suppress(VideoError):
+            r.get_frames(range(60))
+        with contextlib.suppress(VideoError):
+            list(r.iter_frames())
+    assert decord.logging is not None and capfd.readouterr().err == ""
+
+
+def test_edit_list_hidden_frames_are_left_out(make_video, tmp_path):
+    from videos import remux_from
+
+    cut = remux_from(make_video(num_frames=60, fps=30, gop=15), tmp_path / "cut.mp4", skip=4)
+    with VideoReader(cut) as r:
+        assert r.backend == "pyav" and r.info.num_frames == 56
+        assert decode_indices(r.get_frames([0, 1, 55])) == [4, 5, 59]
+        assert [decode_index(f) for _, f in r.iter_frames(0, 3)] == [4, 5, 6]
+    with pytest.raises(VideoError, match="decord cannot read this file.*edit list"):
+        VideoReader(cut, backend="decord")

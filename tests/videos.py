@@ -17,10 +17,13 @@ footage does (flat frames decode unrealistically fast); use it for benchmarks.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
+import signal
 from fractions import Fraction
-from typing import Optional
+from typing import Iterator, Optional
 
 import av
 import numpy as np
@@ -95,7 +98,9 @@ def _texture(width: int, height: int, seed: int = 0) -> np.ndarray:
 def write_test_video(path: str | os.PathLike, num_frames: int = 60, fps: float = 30,
                      width: int = 160, height: int = 120, codec: str = "h264",
                      audio: bool = False, pattern: str = "bits", gop: Optional[int] = None,
-                     rotation: int = 0, faststart: bool = False, bframes: int = 0) -> str:
+                     rotation: int = 0, faststart: bool = False, bframes: int = 0,
+                     pix_fmt: Optional[str] = None, pts_ms: Optional[list[int]] = None,
+                     preset: str = "veryfast") -> str:
     """Encode a synthetic video with PyAV and return its path.
 
     ``codec``: "h264" (libx264, B-frames on, as camera/web files have), "mpeg4"
@@ -109,6 +114,10 @@ def write_test_video(path: str | os.PathLike, num_frames: int = 60, fps: float =
     ``bframes``: B-frames for the mpeg4/AVI encoder (h264 always has them); in
     AVI that gives the DivX-style file whose timestamps confuse decord.
     ``audio``: add a 440 Hz AAC (mp4/mkv) or PCM (avi) track as long as the video.
+    ``pix_fmt``: the encoded pixel format, e.g. "yuv420p10le" (10-bit) or
+    "yuv444p" (4:4:4); default yuv420p. ``pts_ms``: presentation time of each
+    frame in milliseconds (variable frame rate; time base 1/1000 s).
+    ``preset``: the x264 preset ("ultrafast" for big frames).
     """
     path = str(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -120,11 +129,11 @@ def write_test_video(path: str | os.PathLike, num_frames: int = 60, fps: float =
     rot = rotation % 360
     stored_w, stored_h = (height, width) if rot in (90, 270) else (width, height)
     stream.width, stream.height = stored_w, stored_h
-    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
     stream.codec_context.gop_size = gop if gop is not None else max(1, int(round(fps)))
     if codec == "h264":
         # veryfast keeps B-frames (ultrafast would not): decode order != display order.
-        stream.options = {"preset": "veryfast", "crf": "23"}
+        stream.options = {"preset": preset, "crf": "23"}
     else:
         stream.codec_context.bit_rate = 2_000_000
         if bframes:
@@ -141,6 +150,9 @@ def write_test_video(path: str | os.PathLike, num_frames: int = 60, fps: float =
             astream = container.add_stream("aac", rate=16000)
         astream.layout = "mono"
 
+    time_base = Fraction(1, 1000) if pts_ms is not None else 1 / rate
+    if pts_ms is not None:
+        stream.time_base = stream.codec_context.time_base = time_base
     texture = _texture(width, height) if pattern == "moving" else None
     for i in range(num_frames):
         img = render_frame(i, width, height, pattern, texture)
@@ -148,8 +160,8 @@ def write_test_video(path: str | os.PathLike, num_frames: int = 60, fps: float =
             # Shown turned clockwise by `rot`: store it turned counter-clockwise (np.rot90 k>0).
             img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts = i
-        frame.time_base = 1 / rate
+        frame.pts = pts_ms[i] if pts_ms is not None else i
+        frame.time_base = time_base
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():
@@ -223,3 +235,99 @@ def truncate_copy(src: str | os.PathLike, dst: str | os.PathLike, fraction: floa
     with open(dst, "wb") as f:
         f.write(data[: int(len(data) * fraction)])
     return str(dst)
+
+
+# ----------------------------------------------------------------------------------
+# Damaged and unusual files (tests/test_bad_inputs.py)
+# ----------------------------------------------------------------------------------
+def packet_spans(path: str | os.PathLike) -> list[tuple[int, int, bool]]:
+    """``(byte offset, size, is_keyframe)`` of every video packet, in file (decode) order."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [(int(p.pos), int(p.size), bool(p.is_keyframe)) for p in c.demux(s)
+                if p.size and p.pos is not None and p.pos >= 0]
+
+
+def overwrite_copy(src: str | os.PathLike, dst: str | os.PathLike, offset: int, nbytes: int,
+                   seed: int = 0) -> str:
+    """Copy ``src`` to ``dst`` with ``nbytes`` random bytes written over it from ``offset`` on."""
+    data = bytearray(open(src, "rb").read())
+    junk = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    data[offset:offset + nbytes] = junk[: max(0, len(data) - offset)]
+    with open(dst, "wb") as f:
+        f.write(bytes(data))
+    return str(dst)
+
+
+def damage_packets_copy(src: str | os.PathLike, dst: str | os.PathLike, packets: list[int],
+                        seed: int = 0) -> str:
+    """Copy ``src`` with the payload of the given video packets (decode order) replaced by random bytes.
+
+    The first 4 bytes of each packet (an H.264 NAL length in MP4) are kept, so
+    the demuxer still walks the file and only the decoder sees the damage.
+    """
+    spans = packet_spans(src)
+    shutil.copy(src, dst)
+    rng = np.random.default_rng(seed)
+    with open(dst, "r+b") as f:
+        for k in packets:
+            pos, size, _ = spans[k]
+            f.seek(pos + 4)
+            f.write(rng.integers(0, 256, size - 4, dtype=np.uint8).tobytes())
+    return str(dst)
+
+
+def write_image(path: str | os.PathLike, fmt: str, width: int = 160, height: int = 120) -> str:
+    """One test-pattern frame saved as a still image (``fmt``: "PNG", "JPEG"), whatever ``path``'s extension."""
+    from PIL import Image
+
+    Image.fromarray(render_frame(5, width, height)).save(str(path), format=fmt)
+    return str(path)
+
+
+def write_gif(path: str | os.PathLike, num_frames: int = 20, fps: float = 10, width: int = 96,
+              height: int = 72) -> str:
+    """An animated GIF of the test pattern (frame ``i`` shows ``i``)."""
+    from PIL import Image
+
+    frames = [Image.fromarray(render_frame(i, width, height)) for i in range(num_frames)]
+    frames[0].save(str(path), format="GIF", save_all=True, append_images=frames[1:],
+                   duration=int(round(1000 / fps)), loop=0)
+    return str(path)
+
+
+def remux_from(src: str | os.PathLike, dst: str | os.PathLike, skip: int) -> str:
+    """Remux ``src`` starting ``skip`` frames before time 0 (an edit list with negative timestamps).
+
+    Every packet is kept and its timestamps shifted back by ``skip`` frame
+    durations, so the first frames sit at negative times: the MP4 muxer writes
+    an edit list that starts playback at 0, as cutting with ``ffmpeg -ss ...
+    -c copy`` does. Players (and we) show the frames from time 0 on.
+    """
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"use_editlist": "1"}) as out:
+        istream = inp.streams.video[0]
+        ostream = out.add_stream_from_template(istream)
+        step = int(round(1 / (float(istream.average_rate) * float(istream.time_base))))
+        for packet in inp.demux(istream):
+            if packet.dts is None:
+                continue
+            packet.pts -= skip * step
+            packet.dts -= skip * step
+            packet.stream = ostream
+            out.mux(packet)
+    return str(dst)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20) -> Iterator[None]:
+    """Turn a hang into a test failure (SIGALRM; main thread, Unix)."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -34,6 +34,27 @@ file, or a container that declares more frames than it holds (AVI), raises
 :class:`VideoError`. Matroska/WebM declare no frame count, so a cut one looks
 like a shorter video and its remaining frames are served.
 
+Damaged files are decoded as far as they go, the way FFmpeg's players get
+through them: when frames asked for do not come out of PyAV's decoder (decord
+trouble first falls back to PyAV), the reader makes one sequential pass over
+the whole file to learn which frames decode, logs ONE warning on the
+"videoapp" logger ("<path>: 12 of 90 frames unreadable, skipped ..."), and from
+then on serves every request from a sequential pass from the start (slower,
+never wrong: a decoder restarted at a damaged keyframe can lose frames a
+sequential pass still gets). An unreadable frame is replaced by the last
+readable frame before it (what a player shows: it holds the last good
+picture); frames before the first readable one get that first one. Frames a
+damaged reference smears are served as decoded (players show them too). When
+fewer than ``min_readable`` (default half) of the frames decode, the file is
+refused: "too damaged: only 20 of 90 frames could be decoded".
+
+Unusual files: a still image renamed .mp4 (FFmpeg's image demuxers) is
+refused as "a still image (PNG), not a video"; an animated GIF is a video. An
+MP4 whose edit list hides lead-in frames (negative timestamps, as ``ffmpeg -ss
+-c copy`` writes) is served without them, as players show it, by PyAV (decord
+would count and return them wrongly). decord's own FFmpeg log (it links its
+own libavutil, separate from PyAV's) is silenced; PyAV's is off by default.
+
 Bad input never escapes as a traceback: every problem with the *file* raises
 :class:`VideoError`, whose ``str()`` is one line ``"<path>: <problem>"``.
 """
@@ -59,6 +80,8 @@ _ITER_CHUNK_BYTES = 4 * 1024 * 1024
 _ITER_CHUNK_MAX = 4
 # Give up looking for a first decodable frame after this many packets.
 _MAX_PACKETS_BEFORE_FIRST_FRAME = 300
+# A damaged file is still served when at least this fraction of its frames decodes.
+MIN_READABLE_FRACTION = 0.5
 
 
 class VideoError(Exception):
@@ -73,6 +96,10 @@ class VideoError(Exception):
         # One line, whatever the underlying library put in its message.
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")
+
+
+class _Undecodable(VideoError):
+    """Frames asked for did not come out of the decoder (damaged data): the reader turns tolerant."""
 
 
 @dataclass
@@ -292,6 +319,12 @@ def _open_container(path: str):
 def _pick_video_stream(path: str, container):
     import av
 
+    # FFmpeg reads a still image with its image2 demuxer or one of the "<codec>_pipe"
+    # ones (every *_pipe demuxer is an image format): a photo renamed .mp4 is no video.
+    demuxer = getattr(container.format, "name", "") or ""
+    if demuxer == "image2" or demuxer.endswith("_pipe"):
+        kind = demuxer[:-5].upper() if demuxer.endswith("_pipe") else "image"
+        raise VideoError(path, f"a still image ({kind}), not a video")
     attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
     for s in container.streams.video:
         # Cover art in music files shows up as a one-frame "video" stream.
@@ -364,11 +397,23 @@ def _read_header(path: str) -> _Header:
 
 
 def _decord_module():
+    global _decord_quiet
     try:
         import decord
     except ImportError:  # e.g. platforms without decord wheels
         return None
+    if not _decord_quiet:
+        # decord links its own FFmpeg (libavutil 56, not PyAV's), whose log goes
+        # straight to stderr: at decord's default level (ERROR) a damaged clip
+        # prints "Invalid NAL unit size" lines before our one-line message.
+        # Every problem reaches us as an exception anyway. (PyAV keeps FFmpeg's
+        # log off unless someone calls av.logging.set_level.)
+        decord.logging.set_level(decord.logging.QUIET)
+        _decord_quiet = True
     return decord
+
+
+_decord_quiet = False
 
 
 def _decord_to_numpy(arr) -> np.ndarray:
@@ -400,6 +445,12 @@ class _DecordBackend:
         if not (np.isfinite(starts).all() and starts.min() > -1.0 and (np.diff(starts) >= 0).all()):
             raise RuntimeError("decord cannot read this file's frame timestamps, "
                                "so its seeks would land on wrong frames")
+        if starts.min() < 0:
+            # An MP4 edit list that starts playback after some frames (``ffmpeg -ss
+            # -c copy`` cuts): decord counts the hidden lead-in frames and its
+            # seeks to them land on the first shown one (5 hidden frames: frames
+            # 0, 1 came back as 5, 6). PyAV leaves them out, as players do.
+            raise RuntimeError("frames before time 0 (an edit list); decord would count hidden frames")
         self.fps = float(self._vr.get_avg_fps())
 
     def get_batch(self, indices: np.ndarray) -> np.ndarray:
@@ -463,8 +514,12 @@ class _PyAVCursor:
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
-                # Damaged data (e.g. a cut-off last packet): skip it; decoding ends at EOF.
-                continue
+                # Damaged data: frames may be lost from here on, so counting them
+                # in output order would hand out wrong frames (frame 47 as 46).
+                # The reader switches to the tolerant pass, which places frames
+                # by timestamp.
+                self.gen = None
+                raise _Undecodable(self.b.path, f"damaged data after frame {self.next_index}") from None
             for frame in frames:
                 self.frames_decoded += 1
                 if index is None:
@@ -504,10 +559,14 @@ class _PyAVBackend:
             pts_list: list[int] = []
             keys: list[bool] = []
             last = -1
+            self.hidden = 0  # lead-in frames an edit list hides (decoded, never shown)
             try:
                 for packet in container.demux(stream):
                     if packet.size == 0:
                         continue  # the flush packet at EOF
+                    if packet.is_discard:
+                        self.hidden += 1
+                        continue
                     ts = packet.pts if packet.pts is not None else packet.dts
                     if ts is None:
                         ts = last + 1  # no timestamps at all: keep packet order
@@ -563,16 +622,16 @@ class _PyAVBackend:
                 if index > targets[i]:
                     # The decoder skipped the target (undecodable frames after a seek).
                     cursor.gen = None
-                    raise VideoError(self.path, f"could not decode frame {targets[i]} of "
-                                                f"{self.num_frames} (file corrupt?)")
+                    raise _Undecodable(self.path, f"could not decode frame {targets[i]} of "
+                                                  f"{self.num_frames} (file corrupt?)")
                 out.append(frame.to_ndarray(format="rgb24"))
                 i += 1
                 if i == len(targets) or self.keyframe_for(targets[i]) > index + 1:
                     break  # done, or cheaper to seek to the next target's keyframe
             else:
                 cursor.gen = None  # exhausted: the next request seeks
-                raise VideoError(self.path, f"could not decode frame(s) {_fmt_list(targets[i:])} of "
-                                            f"{self.num_frames} (file truncated or corrupt)")
+                raise _Undecodable(self.path, f"could not decode frame(s) {_fmt_list(targets[i:])} of "
+                                              f"{self.num_frames} (file truncated or corrupt)")
         return np.stack(out)
 
     def iter_frames(self, wanted: np.ndarray, frame_bytes: int = 0) -> Iterator[tuple[int, np.ndarray]]:
@@ -592,10 +651,79 @@ class _PyAVBackend:
                 i += 1
                 if i == len(targets):
                     return
-            raise VideoError(self.path, f"could not decode frame(s) {_fmt_list(targets[i:])} of "
-                                        f"{self.num_frames} (file truncated or corrupt)")
+            raise _Undecodable(self.path, f"could not decode frame(s) {_fmt_list(targets[i:])} of "
+                                          f"{self.num_frames} (file truncated or corrupt)")
         finally:
             cursor.close()
+
+    def tolerant_frames(self, wanted: np.ndarray, to_end: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode from the first packet on, skipping what cannot be decoded.
+
+        Yields ``(index, rgb)`` for every index of ``wanted`` (sorted unique),
+        in order. A frame that does not decode is stood in for by the last
+        frame decoded before it, as a player holds the last good picture; the
+        frames before the first decodable one get that first one. Frames are
+        placed by their timestamp, so a lost packet shifts nothing. With
+        ``to_end`` the pass reads the whole file and leaves which frames
+        decoded in ``self.readable`` (bool ``[num_frames]``). Never seeks: a
+        decoder restarted at a damaged keyframe can lose frames that a
+        sequential pass still gets, so this pass and the count agree.
+        """
+        import av
+
+        targets = wanted.tolist()
+        index_of = {p: i for i, p in enumerate(self.pts.tolist())}
+        first_pts = int(self.pts[0])
+        readable = np.zeros(self.num_frames, dtype=bool)
+        container = _open_container(self.path)
+        stream = container.streams.video[self.stream_index]
+        stream.thread_type = "AUTO"
+        last_idx, last, last_rgb = -1, None, None
+        j = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError:
+                    continue  # damaged packet: the decoder resynchronises on later ones
+                for frame in frames:
+                    if frame.pts is not None and frame.pts in index_of:
+                        idx = index_of[frame.pts]
+                    elif frame.pts is not None and frame.pts < first_pts:
+                        continue  # lead-in an edit list hides
+                    else:
+                        idx = last_idx + 1  # no usable timestamp: count in output order
+                    if idx <= last_idx or idx >= self.num_frames:
+                        continue
+                    readable[idx] = True
+                    rgb = None
+                    while j < len(targets) and targets[j] < idx:
+                        if last is None:  # damaged start: the first good frame stands in
+                            rgb = rgb if rgb is not None else frame.to_ndarray(format="rgb24")
+                            yield targets[j], rgb
+                        else:
+                            last_rgb = last_rgb if last_rgb is not None else last.to_ndarray(format="rgb24")
+                            yield targets[j], last_rgb
+                        j += 1
+                    if j < len(targets) and targets[j] == idx:
+                        rgb = rgb if rgb is not None else frame.to_ndarray(format="rgb24")
+                        yield idx, rgb
+                        j += 1
+                    last_idx, last, last_rgb = idx, frame, rgb
+                    if j == len(targets) and not to_end:
+                        return
+        except av.error.FFmpegError:
+            pass  # damaged container structure: what came before stands
+        finally:
+            container.close()
+        if last is None:
+            raise VideoError(self.path, "no frame could be decoded (file corrupt)")
+        while j < len(targets):
+            last_rgb = last_rgb if last_rgb is not None else last.to_ndarray(format="rgb24")
+            yield targets[j], last_rgb
+            j += 1
+        if to_end:
+            self.readable = readable
 
     def close(self) -> None:
         if self._cursor is not None:
@@ -614,17 +742,26 @@ def _fmt_list(xs: Sequence[int], n: int = 5) -> str:
 class VideoReader:
     """Random-access and sequential frame reader for one video file.
 
-    ``VideoReader(path, backend="auto"|"decord"|"pyav", verbose=False, num_threads=0)``.
-    Use as a context manager or call :meth:`close`. ``info`` is a
-    :class:`VideoInfo`. Frames are uint8 RGB, upright (rotation applied).
-    Any problem with the file raises :class:`VideoError`.
+    ``VideoReader(path, backend="auto"|"decord"|"pyav", verbose=False, num_threads=0,
+    min_readable=0.5)``. Use as a context manager or call :meth:`close`.
+    ``info`` is a :class:`VideoInfo`. Frames are uint8 RGB, upright (rotation
+    applied). Any problem with the file raises :class:`VideoError`. Damaged
+    data is decoded around (see the module notes): ``unreadable`` then holds
+    the number of frames that could not be decoded (None while no damage was
+    met), and fewer than ``min_readable`` (a fraction of the frames) readable
+    raises :class:`VideoError`.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", verbose: bool = False,
-                 num_threads: int = 0) -> None:
+                 num_threads: int = 0, min_readable: float = MIN_READABLE_FRACTION) -> None:
         if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', not {backend!r}")
         self.path = os.fspath(path)
+        self._min_readable = float(min_readable)
+        self._damaged = False
+        self._too_damaged: Optional[VideoError] = None
+        #: Frames that could not be decoded (None: no damage seen so far).
+        self.unreadable: Optional[int] = None
         self._verbose = verbose
         self._num_threads = num_threads
         self._allow_fallback = backend == "auto"  # an explicit backend is never swapped
@@ -675,7 +812,7 @@ class VideoReader:
 
     def _check_complete(self) -> None:
         declared = self._header.header_frames
-        found = self._backend.num_frames
+        found = self._backend.num_frames + getattr(self._backend, "hidden", 0)
         # Containers with a frame count in the header (MP4 sample tables, AVI)
         # tell us when the data stops early; small differences are normal.
         if declared > 0 and found < declared - max(2, declared // 100):
@@ -733,6 +870,80 @@ class VideoReader:
                              f"(video has {self.info.num_frames} frames)")
         return idx
 
+    def _get_batch(self, uniq: np.ndarray) -> np.ndarray:
+        """Frames ``[N, H, W, 3]`` (as stored) for sorted unique ``uniq``, from whichever backend copes.
+
+        decord trouble -> PyAV (with ``backend="auto"``); frames PyAV cannot
+        decode -> the tolerant pass (:meth:`_turn_tolerant`).
+        """
+        while True:
+            if self._too_damaged is not None:
+                raise self._too_damaged
+            if self._damaged:
+                return np.stack([f for _, f in self._backend.tolerant_frames(uniq)])
+            try:
+                return self._backend.get_batch(uniq)
+            except Exception as e:
+                self._recover(e)
+
+    def _iter_decoded(self, wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, frame as stored)`` for sorted unique ``wanted`` in one forward pass; falls back as
+        :meth:`_get_batch` does and resumes after the frames already delivered."""
+        frame_bytes = self.info.width * self.info.height * 3
+        done = 0  # frames of `wanted` already yielded
+        while True:
+            if self._too_damaged is not None:
+                raise self._too_damaged
+            rest = wanted[done:]
+            rest = rest[rest < self.info.num_frames]  # PyAV may count fewer frames than decord
+            if rest.size == 0:
+                return
+            try:
+                if self._damaged:
+                    source = self._backend.tolerant_frames(rest)
+                else:
+                    source = self._backend.iter_frames(rest, frame_bytes)
+                for item in source:
+                    yield item
+                    done += 1
+                return
+            except Exception as e:
+                self._recover(e)
+
+    def _recover(self, err: Exception) -> None:
+        """After a failed read: turn tolerant (PyAV lost frames) or fall back to PyAV (decord trouble,
+        with ``backend="auto"``); anything else is raised as a :class:`VideoError`."""
+        if isinstance(err, _Undecodable):
+            self._turn_tolerant()
+        elif isinstance(err, VideoError):
+            raise err
+        elif self._backend.name != "decord" or not self._allow_fallback:
+            raise VideoError(self.path, f"decoding failed ({_short_reason(err)})") from None
+        else:
+            self._fallback_to_pyav(err)
+
+    def _turn_tolerant(self) -> None:
+        """Damaged data: count the frames that decode (one pass), warn once, then serve stand-ins.
+
+        From here on every request is one sequential PyAV pass from the start of
+        the file (:meth:`_PyAVBackend.tolerant_frames`), the way a player gets
+        through a damaged file; an unreadable frame is replaced by the last
+        readable one before it. Raises :class:`VideoError` when fewer than
+        ``min_readable`` of the frames decode: too little is left for a clip.
+        """
+        self._damaged = True
+        for _ in self._backend.tolerant_frames(np.zeros(0, np.int64), to_end=True):
+            pass
+        n = self.info.num_frames
+        good = int(self._backend.readable.sum())
+        self.unreadable = n - good
+        if good < self._min_readable * n:
+            self._too_damaged = VideoError(self.path, f"too damaged: only {good} of {n} frames could be decoded")
+            raise self._too_damaged
+        if self.unreadable:
+            logger.warning("warning: %s: %d of %d frames unreadable, skipped (the last readable frame "
+                           "stands in for each)", self.path, self.unreadable, n)
+
     # -- public API ------------------------------------------------------------
     @property
     def backend(self) -> str:
@@ -756,16 +967,7 @@ class VideoReader:
         if idx.size == 0:
             return np.zeros((0, self.info.height, self.info.width, 3), np.uint8)
         uniq, inverse = np.unique(idx, return_inverse=True)
-        try:
-            batch = self._backend.get_batch(uniq)
-        except VideoError:
-            raise
-        except Exception as e:
-            if self._backend.name != "decord" or not self._allow_fallback:
-                raise VideoError(self.path, f"decoding failed ({_short_reason(e)})") from None
-            self._fallback_to_pyav(e)
-            batch = self._backend.get_batch(uniq)
-        batch = self._upright(batch)
+        batch = self._upright(self._get_batch(uniq))
         if uniq.size == idx.size and (uniq == idx).all():
             return batch
         return batch[inverse.reshape(-1)]
@@ -795,23 +997,8 @@ class VideoReader:
             wanted = wanted[(wanted >= start) & (wanted < stop)]
         if wanted.size == 0:
             return
-        frame_bytes = self.info.width * self.info.height * 3
-        done = 0  # frames of `wanted` already yielded
-        try:
-            for index, frame in self._backend.iter_frames(wanted, frame_bytes):
-                yield index, self._upright(frame[None])[0]
-                done += 1
-        except VideoError:
-            raise
-        except Exception as e:
-            if self._backend.name != "decord" or not self._allow_fallback:
-                raise VideoError(self.path, f"decoding failed ({_short_reason(e)})") from None
-            self._fallback_to_pyav(e)
-            rest = wanted[done:]
-            rest = rest[rest < self.info.num_frames]
-            if rest.size:
-                for index, frame in self._backend.iter_frames(rest, frame_bytes):
-                    yield index, self._upright(frame[None])[0]
+        for index, frame in self._iter_decoded(wanted):
+            yield index, self._upright(frame[None])[0]
 
     def close(self) -> None:
         """Release the decoder (idempotent)."""

@@ -5,6 +5,10 @@ uploads a generated camera-motion clip, checks the predicted label the page
 shows against the result JSON it offers, checks that a non-video upload is
 refused with a message (and not stored), saves a label on the Label page,
 exports the Kinetics CSV on the Dataset page and checks the downloaded file.
+Then the Predict and Label pages under natural use, on the same server: drop
+then click at once, click twice, drop two clips at once, upload while the
+server works, change the model, reload in the middle; no error toast, and the
+SQLite store holds each clip once.
 Screenshots are taken on every run; they replace the README's PNGs in
 ``docs/screenshots/`` only with ``VIDEOAPP_UPDATE_SCREENSHOTS=1`` (so a test
 run never dirties the work tree), otherwise they go to a temporary folder.
@@ -14,6 +18,7 @@ chromium``; ``.ci/run`` does it) the test is skipped and says why.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -35,8 +40,8 @@ except ImportError:  # pragma: no cover - the test extra installs it
     pytest.skip("the playwright Python package is not installed (pip install -e '.[test]')", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
-SHOTS = (REPO / "docs" / "screenshots" if os.environ.get("VIDEOAPP_UPDATE_SCREENSHOTS") == "1"
-         else Path(tempfile.gettempdir()) / "videoapp-screenshots")
+TMP_SHOTS = Path(tempfile.gettempdir()) / "videoapp-screenshots"
+SHOTS = REPO / "docs" / "screenshots" if os.environ.get("VIDEOAPP_UPDATE_SCREENSHOTS") == "1" else TMP_SHOTS
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STEP_MS = 90_000  # one step of the page (prediction on a loaded 2-core machine included)
@@ -58,12 +63,12 @@ def server(tmp_path_factory):
         yield {"url": served.url, "data_dir": data_dir, "root": root, "served": served}
 
 
-def _shot(page, name: str) -> Path:
+def _shot(page, name: str, folder: Path = SHOTS) -> Path:
     """A full-page screenshot, colour-quantised so the PNG stays small."""
     from PIL import Image
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     raw = path.with_suffix(".raw.png")
     page.screenshot(path=str(raw), full_page=True)
     with Image.open(raw) as img:
@@ -110,7 +115,7 @@ def test_predict_label_export_in_chromium(server, clip, tmp_path):
             bogus = tmp_path / "not a video.mp4"
             bogus.write_text("hello, I am text\n")
             page.set_input_files("#upload input[type=file]", str(bogus))
-            status = _wait_text(page, "#predict-status", "Refused")
+            status = _wait_text(page, "#upload-status", "Refused")
             assert "not a video.mp4" in status and "decode" in status
             assert "Traceback" not in page.inner_text("body")
             store = LabelStore(server["data_dir"])
@@ -153,4 +158,276 @@ def test_predict_label_export_in_chromium(server, clip, tmp_path):
             _shot(page, "dataset.png")
         finally:
             ctx.close()
+    assert "Traceback" not in server["served"].log_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Predict and Label pages under natural use: a person drops files and clicks while the server works. Each flow
+# must end with the page showing what was asked for, no Gradio error toast, and every clip stored exactly once.
+
+# Every toast the page shows, even briefly, is kept in window.__toasts (a reload empties it: read it before).
+TOAST_WATCH = """
+window.__toasts = [];
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('.toast-body, .toast-item')) {
+    const text = el.innerText.trim();
+    if (text && !window.__toasts.includes(text)) window.__toasts.push(text);
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+# True once no event has been pending, running or uploading for 1.5 s (polls every 200 ms).
+IDLE = """() => {
+  const busy = document.querySelector('.pending, .generating, .eta-bar, .uploading');
+  const now = Date.now();
+  if (busy || window.__busy_at === undefined) { window.__busy_at = busy ? now : now - 200; return false; }
+  return now - window.__busy_at > 1500;
+}"""
+RUNNING = "() => !!document.querySelector('#predict-status .pending, #predict-status .eta-bar')"
+
+
+@pytest.fixture(scope="module")
+def flow_clips(tmp_path_factory) -> dict[str, Path]:
+    """Tiny clips with different bytes (1-1.5 s, 64x48): a-d for the Predict page, e-j for the Label page."""
+    from videos import write_test_video
+
+    d = tmp_path_factory.mktemp("flow-clips")
+    return {c: Path(write_test_video(d / f"{c}.mp4", num_frames=30 + 2 * i, fps=30, width=64, height=48))
+            for i, c in enumerate("abcdefghij")}
+
+
+def _stored(data_dir: Path) -> list[str]:
+    """Names of the clips in the SQLite store, sorted; fails when a clip's bytes (or, as every test clip has its own
+    bytes, a name) are stored more than once."""
+    import sqlite3
+
+    from videoapp.store import DB_NAME
+
+    with contextlib.closing(sqlite3.connect(data_dir / DB_NAME)) as conn:
+        rows = conn.execute("SELECT sha256, original_name FROM clips").fetchall()
+    shas = [r[0] for r in rows]
+    assert len(shas) == len(set(shas)), rows
+    names = sorted(r[1] for r in rows)
+    assert len(names) == len(set(names)), rows
+    return names
+
+
+def _settle(page) -> None:
+    page.evaluate("() => { delete window.__busy_at; }")
+    page.wait_for_function(IDLE, polling=200, timeout=STEP_MS)
+
+
+def _toasts(page) -> list[str]:
+    return page.evaluate("window.__toasts || []")
+
+
+def _open_page(ctx, url: str):
+    page = ctx.new_page()
+    page.add_init_script(TOAST_WATCH)
+    page.goto(url, timeout=STEP_MS)
+    page.wait_for_selector("#upload input[type=file]", state="attached", timeout=STEP_MS)
+    _settle(page)
+    return page
+
+
+def _choose(page, elem_id: str, text: str) -> None:
+    """Pick the option containing ``text`` in the dropdown ``#elem_id`` with the keyboard, as a person may: type to
+    filter, arrow down to the first match, Enter. (Gradio's option list re-renders too often for a mouse click.)"""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(text)
+    page.wait_for_selector("li[data-testid=dropdown-option]", timeout=STEP_MS)
+    box.press("ArrowDown")
+    box.press("Enter")
+    page.click("h1")  # closes the list
+
+
+def _options(page, elem_id: str) -> list[str]:
+    """The texts of the options the dropdown ``#elem_id`` offers (opens it, then closes it)."""
+    page.click(f"#{elem_id} input")
+    page.wait_for_selector("li[data-testid=dropdown-option]", timeout=STEP_MS)
+    texts = page.locator("li[data-testid=dropdown-option]").all_inner_texts()
+    page.click("h1")
+    return [t.replace("✓", "").strip() for t in texts]
+
+
+def _set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _launch(p, tmp_path):
+    return p.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": 1200, "height": 900}, accept_downloads=True)
+
+
+def test_predict_page_natural_use(server, flow_clips, tmp_path):
+    c = flow_clips
+    up = "#upload input[type=file]"
+    before = _stored(server["data_dir"])  # the clips of the tests above (the same server)
+    with sync_playwright() as p:
+        ctx = _launch(p, tmp_path)
+        try:
+            page = _open_page(ctx, server["url"])
+
+            # Drop a clip, then click Predict at once: the clip is stored, listed, selected and predicted.
+            page.set_input_files(up, str(c["a"]))
+            page.click("#predict-btn")
+            _wait_text(page, "#predict-status", "a.mp4:")
+            _settle(page)
+            assert "Added a.mp4 to the library" in page.inner_text("#upload-status")
+            assert page.inner_text("#library").count("a.mp4 ·") == 1  # the selected clip's token
+            status, top = page.inner_text("#predict-status"), page.inner_text("#top-labels")
+            assert "Refused" not in status and "gone" not in status and "Upload a video" not in status
+            assert _stored(server["data_dir"]) == sorted(before + ["a.mp4"])
+
+            # Predict twice on the same selection: the result stays (not wiped, not an error).
+            page.click("#predict-btn")
+            page.click("#predict-btn")
+            _settle(page)
+            assert (page.inner_text("#predict-status"), page.inner_text("#top-labels")) == (status, top)
+
+            # Drop two clips at once: both selected and predicted, a picker for the result shown.
+            page.set_input_files(up, [str(c["b"]), str(c["c"])])
+            _wait_text(page, "#predict-status", "c.mp4:")
+            _settle(page)
+            status = page.inner_text("#predict-status")
+            assert "b.mp4:" in status and "a.mp4" not in status
+            lib = page.inner_text("#library")
+            assert "b.mp4 ·" in lib and "c.mp4 ·" in lib and "a.mp4 ·" not in lib
+            assert page.is_visible("#result-pick")
+            _choose(page, "result-pick", "c.mp4")
+            _settle(page)
+
+            # Upload while a prediction runs (short timeline windows make it take a while): the new clip is stored
+            # and selected at once, and predicted after the running prediction.
+            page.click("#options")
+            _set_number(page, "window", 0.2)
+            _set_number(page, "stride", 0.1)
+            page.click("#predict-btn")
+            page.wait_for_function(RUNNING, timeout=STEP_MS)
+            page.set_input_files(up, str(c["d"]))
+            _wait_text(page, "#upload-status", "Added d.mp4")
+            _wait_text(page, "#predict-status", "d.mp4:")
+            _settle(page)
+            status = page.inner_text("#predict-status")
+            assert "b.mp4" not in status and "timeline of" in status
+            _set_number(page, "window", 0)
+            _set_number(page, "stride", 0)
+
+            # Change the model and predict again: the same clip, the other model's result.
+            _choose(page, "model", "camera_hiera_xxs")
+            _settle(page)
+            assert page.inner_text("#predict-status") == status  # a new model alone does not clear the result
+            page.click("#predict-btn")
+            _wait_text(page, "#predict-status", "Model: camera_hiera_xxs")
+            _settle(page)
+            assert "d.mp4:" in page.inner_text("#predict-status")
+
+            # Reload the page in the middle of a prediction: the new page lists every clip once and predicts.
+            _set_number(page, "window", 0.2)
+            _set_number(page, "stride", 0.1)
+            page.click("#predict-btn")
+            page.wait_for_function(RUNNING, timeout=STEP_MS)
+            assert _toasts(page) == []
+            page.reload(timeout=STEP_MS)
+            page.wait_for_selector("#upload input[type=file]", state="attached", timeout=STEP_MS)
+            _settle(page)
+            listed = _options(page, "library")
+            assert sorted(t.split(" ·")[0] for t in listed) == sorted(before + ["a.mp4", "b.mp4", "c.mp4", "d.mp4"])
+            _choose(page, "library", "a.mp4")
+            page.click("#predict-btn")
+            _wait_text(page, "#predict-status", "a.mp4:")
+            _settle(page)
+            assert _toasts(page) == []
+            _shot(page, "predict-flows.png", TMP_SHOTS)  # not one of the README's
+        finally:
+            ctx.close()
+    assert _stored(server["data_dir"]) == sorted(before + ["a.mp4", "b.mp4", "c.mp4", "d.mp4"])
+    assert "Traceback" not in server["served"].log_text()
+
+
+def test_label_page_upload_natural_use(server, flow_clips, tmp_path):
+    from videoapp.store import LabelStore
+
+    c = flow_clips
+    up = "#label-upload input[type=file]"
+    before = _stored(server["data_dir"])
+    store = LabelStore(server["data_dir"])
+
+    def clip(letter: str):
+        (found,) = [x for x in store.clips() if x.original_name == f"{letter}.mp4"]
+        return found
+
+    with sync_playwright() as p:
+        ctx = _launch(p, tmp_path)
+        try:
+            page = _open_page(ctx, server["url"])
+            page.get_by_role("tab", name="Label").click()
+            _settle(page)
+            page.click("#label-add")  # opens "Add clips to the queue"
+            page.wait_for_selector(up, state="attached", timeout=STEP_MS)
+
+            # A dropped clip is stored, shown (the model's suggestion pre-selected) and listed in the queue.
+            page.set_input_files(up, str(c["e"]))
+            _wait_text(page, "#label-info", "e.mp4")
+            _settle(page)
+            assert "Added 1 clip(s) to the queue" in page.inner_text("#label-status")
+            assert "Model suggests" in page.inner_text("#suggestion")
+
+            # Drop a clip, then click Save at once: the label is the one of the clip shown when clicking (e).
+            # (dispatch_event: the click lands on the button even while f's view re-lays the page out)
+            page.set_input_files(up, str(c["f"]))
+            page.locator("#save-btn").dispatch_event("click")
+            _wait_text(page, "#queue", "f.mp4")
+            _settle(page)
+            label_e = store.current_label(clip("e"), include_model=False)
+            assert label_e is not None and label_e.labeled_by == "anonymous", page.inner_text("#label-status")
+            assert store.current_label(clip("f"), include_model=False) is None
+
+            # Click Skip twice: one clip further or two, never an error.
+            page.click("#skip-btn")
+            page.click("#skip-btn")
+            _settle(page)
+            assert "Clip " in page.inner_text("#label-info") and "Error" not in page.inner_text("#label-status")
+
+            # Drop two clips at once: both stored and queued, the first shown.
+            page.set_input_files(up, [str(c["g"]), str(c["h"])])
+            _wait_text(page, "#label-status", "Added 2 clip(s) to the queue")
+            _settle(page)
+            assert "g.mp4" in page.inner_text("#label-info")
+            queue = page.inner_text("#queue")
+            assert "g.mp4" in queue and "h.mp4" in queue
+
+            # Upload while the model works: a new model recomputes the shown clip's suggestion; i is dropped meanwhile.
+            _choose(page, "model", "camera_hiera_xxs")
+            page.set_input_files(up, str(c["i"]))
+            _wait_text(page, "#queue", "i.mp4")
+            _settle(page)
+            # ...and the suggestion shown is the new model's.
+            shown = next(x for x in store.clips() if f"· {x.original_name} ·" in page.inner_text("#label-info"))
+            sugg = store.model_suggestion(shown, "shipped:camera_hiera_xxs.safetensors")
+            assert sugg is not None and f"Model suggests {sugg.label}" in page.inner_text("#suggestion")
+
+            # Reload in the middle of an upload, then drop the same clip again: it is stored once.
+            page.set_input_files(up, str(c["j"]))
+            assert _toasts(page) == []
+            page.reload(timeout=STEP_MS)
+            page.wait_for_selector("#upload input[type=file]", state="attached", timeout=STEP_MS)
+            page.get_by_role("tab", name="Label").click()
+            _settle(page)
+            page.click("#label-add")
+            page.set_input_files(up, str(c["j"]))
+            _wait_text(page, "#label-info", "j.mp4")
+            _settle(page)
+
+            # The Predict page's library lists every clip once.
+            page.get_by_role("tab", name="Predict").click()
+            listed = _options(page, "library")
+            assert sorted(t.split(" ·")[0] for t in listed) == sorted(before + [f"{x}.mp4" for x in "efghij"])
+            assert _toasts(page) == []
+        finally:
+            ctx.close()
+    assert _stored(server["data_dir"]) == sorted(before + [f"{x}.mp4" for x in "efghij"])
     assert "Traceback" not in server["served"].log_text()

@@ -187,6 +187,135 @@ def test_timeline_figure_and_progress_html():
     assert "<b>" not in progress_html(0.5, "<b>")
 
 
+# ---------------------------------------------------------------------- the pages' callbacks, as wired by build_ui
+SKIP = {"__type__": "update"}  # gr.skip(): the output is left as it is
+
+
+def _noop_progress(*args, **kwargs):
+    pass
+
+
+def _callbacks(app) -> dict:
+    """The functions build_ui wires to the page, by name (what the browser's events call)."""
+    demo = build_ui(app)
+    fns: dict = {}
+    for f in demo.fns.values():
+        fns.setdefault(f.name, f)
+    return fns
+
+
+def test_predict_page_upload_selects_and_predict_never_wipes(app, media):
+    fns = _callbacks(app)
+    on_upload, run_predict = fns["on_upload"].fn, fns["run_predict"].fn
+    # The wiring: every drop is stored (never skipped while another is stored); the Predict button and the
+    # prediction an upload starts are one event, so a click while it runs waits and is then sent afresh.
+    assert fns["on_upload"].trigger_mode == "multiple"
+    pred = fns["run_predict"]
+    assert pred.trigger_mode == "always_last" and pred.concurrency_id == "model" and pred.concurrency_limit == 1
+    assert sorted(name for _, name in pred.targets) == ["change", "click"]
+
+    def predict(files, lib, model=DEFAULT_KEY, k=5, win=0, step=0, shown=(), key=None):
+        return run_predict(files, lib, model, k, win, step, "ann", list(shown), key, None, _noop_progress)
+
+    # A drop: stored, listed in the library and selected, the upload box emptied, a prediction started.
+    path = upload(app, media["others"][0], "arm.mp4")
+    lib, box, status, count = on_upload([path], 4, "ann", None)
+    (clip,) = app.store.clips()
+    assert lib.constructor_args == {"choices": app.library_choices(), "value": [clip.sha256], "multiselect": True}
+    assert clip.sha256 in [v for _, v in lib.constructor_args["choices"]]
+    assert box is None and count == 5 and status.startswith("Added arm.mp4 to the library")
+    assert not Path(path).exists()
+
+    # A Predict click sent before the upload's view arrived: the upload box still named the (now deleted) copy
+    # and the library had nothing selected. It predicts the stored clip; nothing is refused.
+    results, key, status, pick, vid, top, plot, json_path = predict([path], [])
+    assert [r.sha256 for r in results] == [clip.sha256] and "Refused" not in status and "gone" not in status
+    assert "arm.mp4: **" in status and "_Model: default" in status and Path(json_path).is_file()
+    assert key == app.prediction_key([clip], DEFAULT_KEY, 5, 0, 0) and top == results[0].top_k
+    assert (pick.constructor_args["value"], pick.constructor_args["visible"]) == (clip.sha256, False)
+    assert len(app.store.clips()) == 1
+
+    # The prediction the upload started, after that click (the same selection, model and options): nothing changes.
+    assert predict(None, [clip.sha256], shown=results, key=key) == (SKIP,) * 8
+    assert predict([path], [clip.sha256], shown=results, key=key) == (SKIP,) * 8
+    assert len(app.store.labels_of(clip)) == 1  # one model suggestion, not one per click
+
+    # Nothing selected while a result is shown (a click with an empty library): the result stays.
+    assert predict(None, [], shown=results, key=key) == (SKIP,) * 8
+    # Nothing selected and nothing shown: a hint, and the rest left alone.
+    out = predict(None, None)
+    assert out[2].startswith("Upload a video") and out[:2] + out[3:] == (SKIP,) * 7
+
+    # Other options re-run on the selection.
+    results2, key2, status2, *_ = predict(None, [clip.sha256], k=2, shown=results, key=key)
+    assert key2 != key and len(results2[0].top_k) == 2 and list(results2[0].top_k) == list(results[0].top_k)[:2]
+
+    # Another model re-runs too (a fine-tuned copy: same weights, so the same scores under its own name).
+    shutil.copy(app.models.weights_dir / "default.safetensors", app.store.models_dir / "other.safetensors")
+    results3, key3, status3, *_ = predict(None, [clip.sha256], model="finetuned:other.safetensors", k=2,
+                                          shown=results2, key=key2)
+    assert key3 != key2 and "_Model: other (" in status3 and results3[0].payload["model"].startswith("other (")
+    assert results3[0].top_k == pytest.approx(results2[0].top_k, abs=1e-6)
+
+    # Two clips dropped at once: both selected; predicting them shows a picker.
+    p1, p2 = upload(app, media["others"][1]), upload(app, media["others"][2])
+    lib, _, status, count = on_upload([p1, p2], count, "ann", None)
+    shas = lib.constructor_args["value"]
+    assert count == 6 and len(shas) == 2 and [c.sha256 for c in app.store.clips()][1:] == shas
+    results4, _, _, pick, *_ = predict(None, shas, shown=results3, key=key3)
+    assert [r.sha256 for r in results4] == shas and pick.constructor_args["visible"] is True
+
+    # A refused drop: a message by the upload box; the selection, the count and the result are left alone.
+    bad = upload(app, media["text"], "notes.mp4")
+    lib, box, status, count = on_upload([bad], 6, "ann", None)
+    assert "Refused" in status and "notes.mp4" in status and count == SKIP and box is None
+    assert lib.constructor_args == {"choices": app.library_choices()}
+    # The same upload named again (a stale page) says nothing more and stores nothing.
+    assert predict([bad], [], shown=results4, key=None) == (SKIP,) * 8
+    assert len(app.store.clips()) == 3
+
+
+def test_result_pick_ignores_a_stale_choice(app, media):
+    fns = _callbacks(app)
+    on_pick = fns["on_pick"].fn
+    assert [name for _, name in fns["on_pick"].targets] == ["input"]  # a person's pick, not the page's own update
+    results, _, _ = app.predict(upload(app, media["short"]), None, DEFAULT_KEY)
+    vid, top, plot = on_pick(results, results[0].sha256)
+    assert vid == results[0].video and top == results[0].top_k
+    assert on_pick(results, "0" * 64) == (SKIP, SKIP, SKIP)  # a choice of a replaced list: nothing happens
+
+
+def test_label_page_upload_and_save_follow_what_was_shown(app, media):
+    fns = _callbacks(app)
+    on_label_upload, on_save = fns["on_label_upload"].fn, fns["on_save"].fn
+    assert fns["on_label_upload"].trigger_mode == "multiple"
+    empty = {"sha": None, "seen": None}
+
+    def label_upload(src, state):
+        return on_label_upload([upload(app, src)], state, DEFAULT_KEY, MODEL_LABEL_SET, True, "ann", None,
+                               _noop_progress)
+
+    out = label_upload(media["others"][0], empty)
+    (e,) = app.store.clips()
+    state_e, pick = out[0], out[3]
+    assert state_e == {"sha": e.sha256, "seen": None} and "Added 1 clip(s)" in out[8]
+    assert out[9] is None and out[10].constructor_args == {"choices": app.library_choices()}
+    assert pick.constructor_args["value"] == app.store.model_suggestion(e, DEFAULT_KEY).label
+    # Another drop shows f; a Save clicked while e was shown (its state and label sent then) arrives after it.
+    out = label_upload(media["others"][1], state_e)
+    f = app.store.clips()[1]
+    assert out[0]["sha"] == f.sha256
+    saved = on_save(state_e, "zoom_in", 0.0, 0.5, "ann", DEFAULT_KEY, MODEL_LABEL_SET, True, None, _noop_progress)
+    assert "Saved **zoom\\_in**" in saved[8] and "for o0.mp4" in saved[8]
+    assert app.store.current_label(e, include_model=False).label == "zoom_in"
+    assert app.store.current_label(f, include_model=False) is None
+    # A label picked before the set changed (not in the set sent with it): a message, nothing stored.
+    out = on_save({"sha": f.sha256, "seen": None}, "walk", 0.0, 0.0, "ann", DEFAULT_KEY, MODEL_LABEL_SET, True,
+                  None, _noop_progress)
+    assert out[:8] == (SKIP,) * 8 and "walk is not in the label set" in out[8]
+    assert app.store.current_label(f, include_model=False) is None
+
+
 # ---------------------------------------------------------------------- Label
 def _add(app, media, n=3):
     return [app.store.add_clip(p)[0] for p in media["others"][:n]]

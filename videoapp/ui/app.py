@@ -285,6 +285,11 @@ class VideoApp:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.finetuner = finetuner or FineTuner(store)
         self._upload_root = None  # Gradio's upload folder, set by build_ui
+        # Gradio's upload path -> SHA-256 of the stored clip (None: refused). A page sends the path of an upload
+        # it still shows (a click queued before the upload's own event ran): the copy is gone by then, but the
+        # clip is known. Bounded: only the most recent uploads matter.
+        self._ingested: dict[str, str | None] = {}
+        self._ingest_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
     def notice(self, model_key: str | None) -> str:
@@ -329,21 +334,43 @@ class VideoApp:
         return out
 
     def ingest(self, files: Any, who: str | None = None) -> tuple[list[ClipRecord], list[str]]:
-        """Store uploaded files; returns ``(stored clips, messages)``. Refused files leave nothing behind."""
+        """Store uploaded files; returns ``(stored clips, messages)``. Refused files leave nothing behind.
+
+        An upload this app has handled before (the same Gradio path, sent again
+        by a page that still showed it) gives its stored clip again, without a
+        message; one that was refused before is skipped silently (it was said).
+        """
         clips, messages = [], []
         for path in self._paths(files):
             name = display_name(Path(path).name)
-            try:
-                clip, created = self.store.add_clip(path, original_name=name, added_by=who)
-            except UploadRefused as exc:
-                messages.append(f"**Refused** {_esc(exc)}")
-                continue
-            finally:
-                self._discard_upload(path)
-            clips.append(clip)
+            with self._ingest_lock:  # the same upload from two events at once: stored once, by the first
+                if path in self._ingested:
+                    sha = self._ingested[path]
+                    clip = self.store.get_clip(sha) if sha else None
+                    if clip is not None and all(c.sha256 != clip.sha256 for c in clips):
+                        clips.append(clip)
+                    continue
+                try:
+                    clip, created = self.store.add_clip(path, original_name=name, added_by=who)
+                except UploadRefused as exc:
+                    self._remember(path, None)
+                    messages.append(f"**Refused** {_esc(exc)}")
+                    continue
+                finally:
+                    self._discard_upload(path)
+                self._remember(path, clip.sha256)
+            if all(c.sha256 != clip.sha256 for c in clips):
+                clips.append(clip)
             if not created:
                 messages.append(f"{_esc(name)}: already in the library (as {_esc(clip.original_name)})")
         return clips, messages
+
+    def _remember(self, path: str, sha: str | None) -> None:
+        if not self._temp_upload(path):
+            return  # only Gradio's own upload copies are deleted, so only they can come back gone
+        self._ingested[path] = sha
+        while len(self._ingested) > 1000:
+            self._ingested.pop(next(iter(self._ingested)))
 
     def library_choices(self) -> list[tuple[str, str]]:
         """``(title, sha256)`` of every stored clip, newest first."""
@@ -360,6 +387,34 @@ class VideoApp:
         return str(out)
 
     # ------------------------------------------------------------------ Predict
+    def select(self, files: Any, library: Sequence[str] | str | None, who: str | None = None
+               ) -> tuple[list[ClipRecord], list[str]]:
+        """The clips a prediction is for: the ``library`` picks (SHA-256s, in order), then the uploaded
+        ``files`` (stored first, see :meth:`ingest`) not among them. Returns ``(clips, messages)``."""
+        uploaded, messages = self.ingest(files, who)
+        keys = [library] if isinstance(library, str) else list(library or [])
+        clips: list[ClipRecord] = []
+        for key in keys:
+            clip = self.store.get_clip(str(key))
+            if clip is None:
+                messages.append("a library clip is gone (refresh the list)")
+            elif all(c.sha256 != clip.sha256 for c in clips):
+                clips.append(clip)
+        clips += [c for c in uploaded if all(c.sha256 != x.sha256 for x in clips)]
+        return clips, messages
+
+    def prediction_key(self, clips: Sequence[ClipRecord], model_key: str, top_k: float = 5,
+                       window_s: float | None = 0, stride_s: float | None = 0) -> tuple:
+        """What decides a prediction's result: the clips, the model (and its file's version) and the options.
+
+        The page compares it with the key of the result it shows, so a click that would give the same
+        result again (a second click, a click queued behind the upload's own prediction) changes nothing.
+        """
+        choice = self.models.get(model_key)
+        stamp = choice.path.stat().st_mtime_ns if choice.path is not None else 0
+        return (tuple(c.sha256 for c in clips), choice.key, stamp, int(top_k or 5), float(window_s or 0),
+                float(stride_s or 0))
+
     def predict(self, files: Any, library: Sequence[str] | str | None, model_key: str, top_k: float = 5,
                 window_s: float | None = 0, stride_s: float | None = 0, who: str | None = None,
                 progress: Callable | None = None) -> tuple[list[ClipResult], str, str | None]:
@@ -368,20 +423,21 @@ class VideoApp:
         Returns ``(results, status markdown, JSON file path or None)``. The top
         label of each clip is also stored as the model's suggestion.
         """
-        messages: list[str] = []
-        clips, msgs = self.ingest(files, who)
-        messages += msgs
-        keys = [library] if isinstance(library, str) else list(library or [])
-        for key in keys:
-            clip = self.store.get_clip(str(key))
-            if clip is None:
-                messages.append("a library clip is gone (refresh the list)")
-            elif all(c.sha256 != clip.sha256 for c in clips):
-                clips.append(clip)
+        clips, messages = self.select(files, library, who)
         if not clips:
             if not messages:
                 messages.append("Upload a video (or pick clips from the library), then predict.")
             return [], "\n\n".join(messages), None
+        return self.predict_clips(clips, model_key, top_k, window_s, stride_s, messages=messages, progress=progress)
+
+    def predict_clips(self, clips: Sequence[ClipRecord], model_key: str, top_k: float = 5,
+                      window_s: float | None = 0, stride_s: float | None = 0, messages: Sequence[str] = (),
+                      progress: Callable | None = None) -> tuple[list[ClipResult], str, str | None]:
+        """Predict stored ``clips`` with the model ``model_key``; returns what :meth:`predict` returns.
+
+        ``messages`` (e.g. about refused uploads) head the status.
+        """
+        messages = list(messages)
         choice = self.models.get(model_key)
         if progress:
             progress(0.0, desc=f"loading {choice.model_name}")
@@ -402,6 +458,7 @@ class VideoApp:
             best = next(iter(r.top_k.items()))
             tl = f", timeline of {len(r.payload['windows'])} windows" if r.payload.get("windows") else ""
             messages.append(f"{_esc(r.name)}: **{_esc(best[0])}** ({best[1]:.2f}){tl}")
+        messages.append(f"_Model: {_esc(choice.title)}_")
         json_path = self._write_results(results) if results else None
         return results, "\n\n".join(messages), json_path
 
@@ -839,8 +896,13 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                                  elem_id="who", scale=2, interactive=not auth_enabled,
                                  visible=True)
 
-        results_state = gr.State([])
-        label_state = gr.State({"sha": None, "seen": None})
+        results_state = gr.State([])  # the ClipResults the Predict page shows
+        shown_key = gr.State(None)  # VideoApp.prediction_key of those results
+        uploaded = gr.State(0)  # counts the Predict page's stored uploads; each new count starts a prediction
+        # The clip the Label page shows (and the id of its person label shown), kept in the page rather than
+        # in the server's session: a click is about what the person saw when clicking, even when an upload's
+        # view arrives in between.
+        label_state = gr.JSON({"sha": None, "seen": None}, visible="hidden", elem_id="label-state")
 
         with gr.Tabs():
             # ---------------------------------------------------------------- Predict
@@ -849,16 +911,23 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                     with gr.Column(scale=1):
                         upload = gr.File(label=f"Upload clips (up to {app.max_upload_mb:g} MB each)",
                                          file_count="multiple", elem_id="upload")
+                        upload_status = gr.Markdown(elem_id="upload-status")
                         library = gr.Dropdown(app.library_choices(), value=[], multiselect=True,
-                                              label="Or pick from the library", elem_id="library")
+                                              label="Clips to predict (uploads join the library; pick any)",
+                                              elem_id="library")
                         predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
-                        with gr.Accordion("Options", open=False):
-                            top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k classes")
-                            window = gr.Number(0, label="Timeline window (s), 0 = one clip span", minimum=0)
-                            stride = gr.Number(0, label="Timeline step (s), 0 = the window", minimum=0)
+                        with gr.Accordion("Options", open=False, elem_id="options"):
+                            top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k classes", elem_id="top-k")
+                            window = gr.Number(0, label="Timeline window (s), 0 = one clip span", minimum=0,
+                                               elem_id="window")
+                            stride = gr.Number(0, label="Timeline step (s), 0 = the window", minimum=0,
+                                               elem_id="stride")
                     with gr.Column(scale=2):
                         predict_status = gr.Markdown(elem_id="predict-status")
-                        result_pick = gr.Dropdown([], label="Result shown", visible=False, elem_id="result-pick")
+                        # allow_custom_value: a choice the page still offers while a newer prediction replaces
+                        # the list is not an error (the pick then changes nothing).
+                        result_pick = gr.Dropdown([], label="Result shown", visible=False, elem_id="result-pick",
+                                                  allow_custom_value=True)
                         video = gr.Video(label="Video", interactive=False, elem_id="video", height=300)
                         top_labels = gr.Label(num_top_classes=10, label="Top classes", elem_id="top-labels")
                         timeline = gr.Plot(label="Timeline", visible=False, elem_id="timeline")
@@ -874,7 +943,9 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                         label_set = gr.Dropdown(app.label_sets(default_key), value=MODEL_LABEL_SET,
                                                 label="Label set", elem_id="label-set")
                         suggestion = gr.Markdown(elem_id="suggestion")
-                        label_pick = gr.Dropdown([], label="Label", elem_id="label-pick")
+                        # allow_custom_value: a label picked just before the set changed reaches on_save (which
+                        # checks it against the set) instead of failing in Gradio with an error toast.
+                        label_pick = gr.Dropdown([], label="Label", elem_id="label-pick", allow_custom_value=True)
                         with gr.Row():
                             seg_start = gr.Number(0, label="Start (s)", minimum=0, elem_id="seg-start")
                             seg_end = gr.Number(0, label="End (s)", minimum=0, elem_id="seg-end")
@@ -886,7 +957,7 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                         label_status = gr.Markdown(elem_id="label-status")
                 queue = gr.Dataframe(headers=QUEUE_HEADERS, value=app.queue_rows() or None, interactive=False,
                                      label="Queue (click a row to open that clip)", elem_id="queue", wrap=True)
-                with gr.Accordion("Add clips to the queue", open=False):
+                with gr.Accordion("Add clips to the queue", open=False, elem_id="label-add"):
                     label_upload = gr.File(label="Upload clips", file_count="multiple", elem_id="label-upload")
                 with gr.Accordion("Label sets", open=False):
                     set_name = gr.Textbox(label="Name", elem_id="set-name")
@@ -942,32 +1013,63 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
             return app.notice(model_key), gr.Dropdown(choices=sets, value=set_key if set_key in keys else MODEL_LABEL_SET)
 
 
-        def run_predict(files, lib, model_key, k, win, step, name, request: gr.Request,
-                        progress=gr.Progress(track_tqdm=True)):
+        # Predict page. A drop stores the files, lists them in the library and selects them (on_upload, quick,
+        # beside a running prediction), then the new count in `uploaded` starts the prediction of the selection.
+        # That prediction and the Predict button are one event: a click while it runs is deferred
+        # ("always_last") and then sent with the page's values of that moment. A click that would give the
+        # result shown again changes nothing; a request with nothing to predict never clears a result.
+        def on_upload(files, count, name, request: gr.Request):
             try:
-                results, status, json_path = app.predict(files, lib, model_key, k, win, step,
-                                                         who=who_of(name, request), progress=progress)
+                clips, msgs = app.ingest(files, who_of(name, request))
             except Exception as exc:
-                return ([], fail(exc), gr.Dropdown(visible=False), None, None, gr.Plot(visible=False), None,
-                        gr.Dropdown(choices=app.library_choices()), None)
+                return gr.skip(), None, fail(exc), gr.skip()
+            if not clips:
+                return gr.Dropdown(choices=app.library_choices()), None, "\n\n".join(msgs), gr.skip()
+            names = ", ".join(_esc(c.original_name) for c in clips)
+            msgs.insert(0, f"Added {names} to the library (selected below).")
+            selected = gr.Dropdown(choices=app.library_choices(), value=[c.sha256 for c in clips], multiselect=True)
+            return selected, None, "\n\n".join(msgs), (count or 0) + 1
+
+        upload.upload(on_upload, [upload, uploaded, who_box], [library, upload, upload_status, uploaded],
+                      trigger_mode="multiple", concurrency_id="ingest", concurrency_limit=1,
+                      show_progress_on=[upload])
+
+        def run_predict(files, lib, model_key, k, win, step, name, results, key, request: gr.Request,
+                        progress=gr.Progress(track_tqdm=True)):
+            keep = (gr.skip(),) * 8
+            try:
+                clips, msgs = app.select(files, lib, who_of(name, request))
+                if not clips:
+                    if msgs or not results:
+                        text = "\n\n".join(msgs) or "Upload a video (or pick clips from the library), then predict."
+                        return keep[:2] + (text,) + keep[3:]
+                    return keep
+                new_key = app.prediction_key(clips, model_key, k, win, step)
+                if new_key == key and not msgs:
+                    return keep
+                results, status, json_path = app.predict_clips(clips, model_key, k, win, step, messages=msgs,
+                                                               progress=progress)
+            except Exception as exc:
+                return keep[:2] + (fail(exc),) + keep[3:]
             first = results[0].sha256 if results else None
             vid, top, fig = app.show_result(results, first)
             pick = gr.Dropdown(choices=[(r.name, r.sha256) for r in results], value=first,
                                visible=len(results) > 1)
-            return (results, status, pick, vid, top, gr.Plot(value=fig, visible=fig is not None), json_path,
-                    gr.Dropdown(choices=app.library_choices(), value=[]), None)
+            return (results, new_key, status, pick, vid, top, gr.Plot(value=fig, visible=fig is not None),
+                    json_path)
 
-        predict_outputs = [results_state, predict_status, result_pick, video, top_labels, timeline, result_file,
-                           library, upload]
-        predict_inputs = [upload, library, model, top_k, window, stride, who_box]
-        upload.upload(run_predict, predict_inputs, predict_outputs, concurrency_id="model", concurrency_limit=1)
-        predict_btn.click(run_predict, predict_inputs, predict_outputs, concurrency_id="model", concurrency_limit=1)
+        gr.on([predict_btn.click, uploaded.change], run_predict,
+              [upload, library, model, top_k, window, stride, who_box, results_state, shown_key],
+              [results_state, shown_key, predict_status, result_pick, video, top_labels, timeline, result_file],
+              trigger_mode="always_last", concurrency_id="model", concurrency_limit=1)
 
         def on_pick(results, sha):
+            if all(r.sha256 != sha for r in results or []):
+                return gr.skip(), gr.skip(), gr.skip()
             vid, top, fig = app.show_result(results, sha)
             return vid, top, gr.Plot(value=fig, visible=fig is not None)
 
-        result_pick.change(on_pick, [results_state, result_pick], [video, top_labels, timeline])
+        result_pick.input(on_pick, [results_state, result_pick], [video, top_labels, timeline])
 
         # Label page
         label_outputs = [label_state, label_info, label_video, label_pick, seg_start, seg_end, suggestion, queue,
@@ -980,13 +1082,16 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                     gr.Dropdown(choices=view["choices"], value=view["value"]), view["start"], view["end"],
                     view["suggestion"], gr.Dataframe(value=app.queue_rows() or None), "\n\n".join(msgs))
 
+        def label_error(exc):
+            return (gr.skip(),) * (len(label_outputs) - 1) + (fail(exc),)
+
         def go(direction):
             def handler(state, model_key, set_key, suggest, progress=gr.Progress()):
                 try:
                     sha = app.navigate((state or {}).get("sha"), direction)
                     return render(sha, model_key, set_key, suggest, progress=progress)
                 except Exception as exc:
-                    return (state,) + (gr.update(),) * 7 + (fail(exc),)
+                    return label_error(exc)
             return handler
 
         nav_inputs = [label_state, model, label_set, suggest_box]
@@ -997,7 +1102,8 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
             return go("stay")(state, model_key, set_key, suggest, progress)
 
         model.change(on_model_change, [model, label_set], [notice, label_set]).then(
-            refresh_shown, nav_inputs, label_outputs, concurrency_id="model", concurrency_limit=1)
+            refresh_shown, nav_inputs, label_outputs, trigger_mode="always_last", concurrency_id="model",
+            concurrency_limit=1)
         label_tab.select(go("stay"), nav_inputs, label_outputs, concurrency_id="model", concurrency_limit=1)
         prev_btn.click(go("prev"), nav_inputs, label_outputs, concurrency_id="model", concurrency_limit=1)
         skip_btn.click(go("next"), nav_inputs, label_outputs, concurrency_id="model", concurrency_limit=1)
@@ -1007,12 +1113,14 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                     progress=gr.Progress()):
             state = state or {}
             try:
+                if label and label not in app.labels_for(set_key, model_key):
+                    raise UIError(f"{label} is not in the label set: pick a label from the list")
                 msg = app.save_label(state.get("sha"), label, start, end, who_of(name, request), set_key,
                                      state.get("seen"))
                 nxt = app.navigate(state.get("sha"), "todo")
                 return render(nxt, model_key, set_key, suggest, status=msg, progress=progress)
             except Exception as exc:
-                return (state,) + (gr.update(),) * 7 + (fail(exc),)
+                return label_error(exc)
 
         save_btn.click(on_save, [label_state, label_pick, seg_start, seg_end, who_box, model, label_set, suggest_box],
                        label_outputs, concurrency_id="model", concurrency_limit=1)
@@ -1024,7 +1132,7 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                 sha = order[int(row)] if 0 <= int(row) < len(order) else (state or {}).get("sha")
                 return render(sha, model_key, set_key, suggest, progress=progress)
             except Exception as exc:
-                return (state,) + (gr.update(),) * 7 + (fail(exc),)
+                return label_error(exc)
 
         queue.select(on_queue_select, nav_inputs, label_outputs, concurrency_id="model", concurrency_limit=1)
 
@@ -1037,11 +1145,12 @@ def build_ui(app: VideoApp, *, auth_enabled: bool = False):
                     msgs.append(f"Added {len(clips)} clip(s) to the queue.")
                 out = render(sha, model_key, set_key, suggest, status="\n\n".join(msgs), progress=progress)
             except Exception as exc:
-                out = (state,) + (gr.update(),) * 7 + (fail(exc),)
+                out = label_error(exc)
             return out + (None, gr.Dropdown(choices=app.library_choices()))
 
+        # "multiple": a second drop while the first is stored and shown is stored too (never skipped).
         label_upload.upload(on_label_upload, [label_upload] + nav_inputs + [who_box], label_outputs + [label_upload, library],
-                            concurrency_id="model", concurrency_limit=1)
+                            trigger_mode="multiple", concurrency_id="model", concurrency_limit=1)
 
         def on_set_save(name, text, who_name, model_key, request: gr.Request):
             try:

@@ -1,5 +1,6 @@
 """Label store: content-addressed clips, refused uploads, labels and their history, label sets,
-concurrent writers, a writer killed with SIGKILL, export/import round trips."""
+concurrent writers, a writer killed with SIGKILL, export/import round trips; person boxes (validation,
+versions, AVA CSV round trip, writers killed with SIGKILL) and the schema-1 -> 2 migration."""
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from videoapp.data.ava import read_ava_csv, read_label_map
 from videoapp.data.datasets import read_folder, read_kinetics_csv
 from videoapp.data.video import probe
 from videoapp.store import (
+    BoxRecord,
     LabelStore,
     StoreError,
     UploadRefused,
@@ -332,3 +335,361 @@ def test_import_official_style_csv_and_errors(store, clips, tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x01" * 10)
     with pytest.raises(StoreError):
         store.import_kinetics_csv(binary)
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+
+# Coordinates that text round trips get wrong unless written with repr: 0.1 + 0.2, 1/3, 2/3, the edges.
+_BOXES = [
+    # (clip index, timestamp_s, box, actions, person_id)
+    (0, 1.0, (0.1 + 0.2, 1 / 3, 2 / 3, 0.9999999999999999), ["walk", "talk"], 0),
+    (0, 1.0, (0.0, 0.0, 1.0, 1.0), ["sit"], 1),
+    (0, 0.5, (0.25, 0.125, 0.5, 0.75), ["talk", "sit", "walk"], 0),
+    (1, 0.1 + 0.2, (0.123456789012345, 0.2, 0.3, 0.987654321098765), ["walk"], 3),
+]
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_boxes_round_trip_through_ava_csv(store, clips, tmp_path):
+    recs = [store.add_clip(c)[0] for c in clips[:2]]
+    store.save_label_set("people", ["sit", "walk", "talk"])  # ids 1, 2, 3 in this order
+    added = [store.add_box(recs[ci], t, box, acts, person_id=pid, labeled_by="ann") for ci, t, box, acts, pid in _BOXES]
+    assert [b.actions for b in added] == [tuple(a) for _, _, _, a, _ in _BOXES]
+    assert all(isinstance(b, BoxRecord) and b.current and b.source == "person" for b in added)
+    # Left out of the export: a model's box (by default) and a box without actions.
+    store.add_box(recs[1], 1.5, (0.1, 0.1, 0.2, 0.2), ["sit"], source="model:m", score=0.75)
+    store.add_box(recs[1], 1.5, (0.3, 0.3, 0.4, 0.4), [], source="hog", score=1.25)
+
+    csv_path = store.export_ava(tmp_path / "ava", "people", with_clips=True)
+    ids = {"sit": 1, "walk": 2, "talk": 3}
+    expected = [(recs[ci].sha256[:16], t, box, ids[a], pid) for ci, t, box, acts, pid in _BOXES for a in acts]
+    rows = read_ava_csv(csv_path, "groundtruth")
+    got = [(r.video_id, r.seconds, r.box, r.action_id, r.person_id) for r in rows]
+    assert sorted(got) == sorted(expected)  # exact floats: == on the coordinates and times
+    assert [r.timestamp for r in rows if r.video_id == recs[0].sha256[:16]][:1] == ["0.5"]  # by keyframe time
+    assert "0001" in {r.timestamp for r in rows}  # whole seconds as AVA writes them
+    assert read_label_map(csv_path.parent / "label_map.pbtxt") == {1: "sit", 2: "walk", 3: "talk"}
+    for rec in recs:
+        assert (tmp_path / "ava" / "videos" / f"{rec.short_id}.mp4").read_bytes() == rec.path.read_bytes()
+
+    # Into a fresh store holding the same videos: the same boxes, actions in file order, provenance "file".
+    fresh = LabelStore(tmp_path / "fresh")
+    for c in clips[:2]:
+        fresh.add_clip(c)
+    report = fresh.import_ava(csv_path, labeled_by="carol")  # label_map.pbtxt beside the CSV
+    assert (report.boxes_added, report.duplicates, report.missing) == (4, 0, 0)
+    assert sorted(report.labels) == ["sit", "talk", "walk"] and report.summary().startswith("4 boxes imported")
+    back = sorted((fresh.get_clip(b.clip_id).sha256, b.timestamp_s, b.box, b.actions, b.person_id)
+                  for b in fresh.all_boxes())
+    assert back == sorted((recs[ci].sha256, t, box, tuple(acts), pid) for ci, t, box, acts, pid in _BOXES)
+    assert {(b.source, b.labeled_by) for b in fresh.all_boxes()} == {("file", "carol")}
+    assert fresh.import_ava(csv_path).duplicates == 4 and len(fresh.all_boxes()) == 4  # idempotent
+    # A store without those videos imports nothing and says so.
+    assert LabelStore(tmp_path / "empty").import_ava(csv_path).missing == 4
+
+
+def test_ava_export_default_label_map_person_ids_and_model_boxes(store, clips, tmp_path):
+    clip, _ = store.add_clip(clips[0])
+    store.add_box(clip, 1, (0.1, 0.2, 0.3, 0.4), ["stand", "watch (a person)"], person_id=4)
+    store.add_box(clip, 1, (0.5, 0.2, 0.7, 0.4), ["sit"])  # no person id: numbered after the clip's largest
+    store.add_box(clip, 1.5, (0.5, 0.2, 0.7, 0.4), ["sit"], source="model:mvitv2_xxs", score=0.9)
+    # Every action is an AVA action: the official ids (ava_action_list_v2.2: 11 sit, 12 stand, 80 watch (a person)).
+    path = store.export_ava(tmp_path / "a")
+    assert path.read_text().splitlines() == [
+        f"{clip.short_id},0001,0.1,0.2,0.3,0.4,12,4",
+        f"{clip.short_id},0001,0.1,0.2,0.3,0.4,80,4",
+        f"{clip.short_id},0001,0.5,0.2,0.7,0.4,11,5",
+    ]
+    assert read_label_map(path.parent / "label_map.pbtxt")[80] == "watch (a person)"
+    rows = read_ava_csv(store.export_ava(tmp_path / "b", include_model=True), "groundtruth")
+    assert [(r.timestamp, r.action_id) for r in rows][-1] == ("1.5", 11)
+    # Not AVA actions: ids 1..N over the sorted names; an explicit map must hold every action.
+    store.add_box(clip, 0.5, (0.1, 0.1, 0.9, 0.9), ["zzz", "aaa"], person_id=0)
+    read = read_label_map(store.export_ava(tmp_path / "c").parent / "label_map.pbtxt")
+    assert read == {i + 1: n for i, n in enumerate(sorted(["stand", "watch (a person)", "sit", "zzz", "aaa"]))}
+    with pytest.raises(StoreError) as info:
+        store.export_ava(tmp_path / "d", {1: "sit", 2: "stand"})
+    assert _one_line(info) == "actions not in the label map: aaa, watch (a person), zzz"
+    with pytest.raises(StoreError, match="no label set"):
+        store.export_ava(tmp_path / "e", "nope")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(box=(0.1, 0.2, 1.2, 0.4)), r"box x2=1.2 is outside \[0, 1\]"),
+    (dict(box=(-0.1, 0.2, 0.5, 0.4)), r"box x1=-0.1 is outside"),
+    (dict(box=(0.1, 0.2, float("nan"), 0.4)), r"box x2=nan is outside"),
+    (dict(box=(0.5, 0.2, 0.5, 0.4)), r"x2=0.5 must be right of x1=0.5"),
+    (dict(box=(0.1, 0.4, 0.5, 0.2)), r"y2=0.2 must be below y1=0.4"),
+    (dict(box=(0.1, 0.2, 0.5)), r"a box is 4 numbers"),
+    (dict(box="0.1,0.2,0.3,0.4"), r"a box is 4 numbers"),
+    (dict(box=(0.1, "left", 0.5, 0.6)), r"box y1 must be a number"),
+    (dict(actions="stand"), r"actions must be a list"),
+    (dict(actions=["ok", "a/b"]), r"no slashes"),
+    (dict(timestamp_s=2.5), r"keyframe time 2.5 s is after the clip's end \(2.000 s\)"),
+    (dict(timestamp_s=-1), r"keyframe time -1.0 is not a time"),
+    (dict(timestamp_s="soon"), r"keyframe time must be a number"),
+    (dict(person_id=-1), r"person_id must be an integer >= 0"),
+    (dict(person_id=1.5), r"person_id must be an integer >= 0"),
+    (dict(source="robot"), r"box source must be person, hog, file or model:NAME, not 'robot'"),
+    (dict(source="model:"), r"box source must be"),
+    (dict(score=float("inf")), r"score must be a finite number"),
+])
+def test_bad_boxes_are_one_line_errors_and_store_nothing(store, clips, kwargs, message):
+    clip, _ = store.add_clip(clips[0])  # 2 s
+    args = dict(timestamp_s=1.0, box=(0.1, 0.2, 0.5, 0.6), actions=["stand"]) | kwargs
+    ts, box, acts = args.pop("timestamp_s"), args.pop("box"), args.pop("actions")
+    with pytest.raises(StoreError, match=message) as info:
+        store.add_box(clip, ts, box, acts, **args)
+    _one_line(info)
+    assert store.all_boxes(include_deleted=True) == []
+    with sqlite3.connect(store.db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM box_actions").fetchone()[0] == 0
+
+
+def test_schema_refuses_bad_boxes_written_behind_the_api(store, clips):
+    # The CHECK constraints hold even for SQL that bypasses add_box.
+    clip, _ = store.add_clip(clips[0])
+    with sqlite3.connect(store.db_path) as conn:
+        for x1, x2, source in ((0.5, 0.4, "person"), (0.1, 1.5, "person"), (0.1, 0.2, "robot"), (0.1, 0.2, "model:")):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute("INSERT INTO boxes (clip_id, timestamp_s, x1, y1, x2, y2, source, labeled_by, labeled_at)"
+                             " VALUES (?, 0, ?, 0.1, ?, 0.2, ?, 'x', 'now')", (clip.id, x1, x2, source))
+
+
+def test_box_replace_delete_and_history(store, clips):
+    clip, _ = store.add_clip(clips[0])
+    hog = store.add_box(clip, 0.1 + 0.2, (0.1, 0.1, 0.4, 0.8), [], source="hog", score=1.7, labeled_by="hog")
+    other = store.add_box(clip, 1.0, (0.5, 0.1, 0.9, 0.8), ["stand"], person_id=2)
+    # Keyframes compare to the microsecond: 0.3 finds the box stored at 0.1 + 0.2.
+    assert [b.id for b in store.boxes_of(clip, 0.3)] == [hog.id] and store.keyframes_of(clip) == [0.1 + 0.2, 1.0]
+    # A person adjusts the HOG box and ticks actions: a new version, the old one kept and retired.
+    v2 = store.replace_box(hog.id, (0.12, 0.1, 0.4, 0.85), ["stand", "talk"], labeled_by="ann")
+    assert (v2.replaces, v2.source, v2.score, v2.person_id, v2.timestamp_s) == (hog.id, "person", None, None, 0.1 + 0.2)
+    v3 = store.replace_box(v2.id, person_id=7, labeled_by="bob")  # only the person id changes
+    assert (v3.box, v3.actions, v3.person_id) == ((0.12, 0.1, 0.4, 0.85), ("stand", "talk"), 7)
+    assert [b.id for b in store.boxes_of(clip)] == [v3.id, other.id]
+    history = store.box_history(v2.id)
+    assert [b.id for b in history] == [hog.id, v2.id, v3.id]
+    assert [(b.source, b.labeled_by, b.current) for b in history] == [("hog", "hog", False), ("person", "ann", False),
+                                                                    ("person", "bob", True)]
+    assert (history[0].replaced_by, history[0].deleted_by, history[0].actions, history[0].score) == (v2.id, "ann", (), 1.7)
+    # A stale session editing an old version is told to reload; nothing changes.
+    with pytest.raises(StoreError, match=f"box {hog.id} was already replaced by box {v2.id}") as info:
+        store.replace_box(hog.id, actions=["sit"])
+    _one_line(info)
+    with pytest.raises(StoreError, match="already replaced"):
+        store.delete_box(v2.id)
+    with pytest.raises(StoreError, match="no box 999"):
+        store.replace_box(999, actions=["sit"])
+    # Delete: the row stays, marked; deleting twice is harmless; a deleted box cannot be replaced.
+    gone = store.delete_box(other.id, labeled_by="carol")
+    assert (gone.current, gone.deleted_by) == (False, "carol")
+    assert store.delete_box(other.id).deleted_at == gone.deleted_at
+    with pytest.raises(StoreError, match="already deleted"):
+        store.replace_box(other.id, actions=["sit"])
+    assert [b.id for b in store.boxes_of(clip)] == [v3.id]
+    assert len(store.boxes_of(clip, include_deleted=True)) == 4 and store.keyframes_of(clip) == [0.1 + 0.2]
+    assert store.get_box(other.id).actions == ("stand",) and store.get_box(12345) is None
+
+
+def test_concurrent_box_writers_lose_nothing(store, clips):
+    clip_ids = [store.add_clip(c)[0].id for c in clips[:2]]
+    target = store.add_box(clip_ids[0], 0.5, (0.2, 0.2, 0.6, 0.6), ["stand"])
+    saved: dict[int, list] = {}
+    replaced: dict[int, object] = {}
+    start = threading.Barrier(2)
+
+    def writer(k: int) -> None:
+        out = saved.setdefault(k, [])
+        start.wait()
+        for i in range(20):
+            box = (0.01 * i, 0.02 * k, 0.5 + 0.01 * i, 0.5 + 0.02 * k)
+            rec = store.add_box(clip_ids[(k + i) % 2], 0.05 * i, box, [f"a{k}", f"b{i}"], person_id=i,
+                                labeled_by=f"user{k}")
+            out.append(rec)
+            if i == 10:  # both threads edit the same box: exactly one wins, the other is refused
+                try:
+                    replaced[k] = store.replace_box(target.id, actions=[f"by{k}"], labeled_by=f"user{k}")
+                except StoreError as exc:
+                    replaced[k] = exc
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {b.id: b for b in store.all_boxes()}
+    assert len(stored) == 41  # 2 x 20 new boxes + the winning version of the shared one
+    for k, recs in saved.items():
+        for rec in recs:
+            assert stored[rec.id] == rec
+    wins = [v for v in replaced.values() if isinstance(v, BoxRecord)]
+    losses = [v for v in replaced.values() if isinstance(v, StoreError)]
+    assert len(wins) == 1 and len(losses) == 1 and "already replaced" in str(losses[0])
+    assert stored[wins[0].id].actions == wins[0].actions and target.id not in stored
+
+
+
+def test_a_box_write_that_fails_midway_leaves_nothing(store, clips):
+    # Deterministic companion of the kill -9 test: make the 2nd action row of a write fail, after the box row
+    # and the 1st action row went in; the transaction must take them back out (and keep the old version current).
+    clip, _ = store.add_clip(clips[0])
+    old = store.add_box(clip, 1.0, (0.1, 0.1, 0.5, 0.5), ["stand"])
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON box_actions WHEN NEW.action = 'boom'"
+                     " BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        store.add_box(clip, 1.0, (0.2, 0.2, 0.6, 0.6), ["sit", "boom"])
+    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        store.replace_box(old.id, actions=["sit", "boom"])
+    assert store.all_boxes(include_deleted=True) == [old] and store.get_box(old.id).current
+    with sqlite3.connect(store.db_path) as conn:
+        assert conn.execute("SELECT box_id, action FROM box_actions").fetchall() == [(old.id, "stand")]
+
+_BOX_WRITER = textwrap.dedent("""
+    import sys
+    from videoapp.store import LabelStore
+    store = LabelStore(sys.argv[1])
+    clip = store.get_clip(sys.argv[2])
+    tag = sys.argv[3]
+    i = 0
+    prev = None
+    while True:
+        x = (i % 50) / 100
+        rec = store.add_box(clip, (i % 20) / 10, (x, 0.1, x + 0.4, 0.9), [f"{tag}_a", f"{tag}_b", f"{tag}_{i}"],
+                            person_id=i, labeled_by=tag)
+        print("add", rec.id, flush=True)  # printed only after the commit
+        if prev is not None and i % 3 == 0:
+            new = store.replace_box(prev, actions=[f"{tag}_r", f"{tag}_s", f"{tag}_{i}"], labeled_by=tag)
+            print("replace", prev, new.id, flush=True)
+        prev = rec.id
+        i += 1
+""")
+
+
+def test_kill_9_box_writers_leave_no_partial_box(store, clips):
+    clip, _ = store.add_clip(clips[0])
+    first = store.add_box(clip, 0.0, (0.1, 0.1, 0.2, 0.2), ["before"], labeled_by="setup")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", _BOX_WRITER, str(store.data_dir), clip.sha256, tag],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+             for tag in ("alpha", "beta")]
+    try:
+        deadline = time.time() + 60
+        lines = 0
+        while lines < 60 and time.time() < deadline:
+            if not procs[0].stdout.readline():
+                break
+            lines += 1
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+    finally:
+        for p in procs:
+            p.wait(timeout=30)
+    added: set[int] = set()
+    replaced: dict[int, int] = {}
+    for p in procs:
+        for ln in p.stdout.read().splitlines():
+            parts = ln.split()
+            if parts and parts[0] == "add":
+                added.add(int(parts[1]))
+            elif parts and parts[0] == "replace":
+                replaced[int(parts[1])] = int(parts[2])
+        p.stdout.close()
+        assert p.returncode == -signal.SIGKILL
+    assert lines >= 60, "the box writer did not get going"
+    reopened = LabelStore(store.data_dir)
+    assert reopened.integrity_check() == "ok"
+    with sqlite3.connect(reopened.db_path) as conn:
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        # No partial box: every box row holds all 3 of its actions, and no action row lacks its box.
+        counts = conn.execute("SELECT boxes.id, COUNT(box_actions.id) FROM boxes LEFT JOIN box_actions"
+                              " ON box_actions.box_id = boxes.id WHERE boxes.id != ? GROUP BY boxes.id",
+                              (first.id,)).fetchall()
+        assert counts and all(n == 3 for _, n in counts), [c for c in counts if c[1] != 3][:5]
+        # A replacement is all or nothing: a retired box always has its successor, and vice versa.
+        retired = {r[0] for r in conn.execute("SELECT id FROM boxes WHERE deleted_at IS NOT NULL")}
+        successors = {r[0]: r[1] for r in conn.execute("SELECT replaces, id FROM boxes WHERE replaces IS NOT NULL")}
+        assert retired == set(successors)
+    everything = {b.id: b for b in reopened.all_boxes(include_deleted=True)}
+    assert everything[first.id].actions == ("before",)
+    for box_id in added:
+        assert box_id in everything, f"committed box {box_id} lost"
+    for old, new in replaced.items():
+        assert everything[old].replaced_by == new and not everything[old].current and everything[new].current
+    assert reopened.add_box(clip, 1.0, (0.3, 0.3, 0.6, 0.6), ["after"]).id > max(everything)
+
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE clips (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL UNIQUE, ext TEXT NOT NULL,
+    original_name TEXT NOT NULL, size_bytes INTEGER NOT NULL, num_frames INTEGER NOT NULL, fps REAL NOT NULL,
+    duration_s REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, codec TEXT NOT NULL,
+    added_by TEXT NOT NULL, added_at TEXT NOT NULL);
+CREATE TABLE labels (id INTEGER PRIMARY KEY AUTOINCREMENT, clip_id INTEGER NOT NULL REFERENCES clips(id),
+    label TEXT NOT NULL, start_s REAL, end_s REAL, source TEXT NOT NULL CHECK (source IN ('model', 'person')),
+    labeled_by TEXT NOT NULL, labeled_at TEXT NOT NULL, score REAL, model TEXT, label_set TEXT);
+CREATE INDEX labels_clip ON labels (clip_id, source, id);
+CREATE TABLE label_sets (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, labels TEXT NOT NULL,
+    source TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO clips VALUES (1, '%s', '.mp4', 'old.mp4', 10, 60, 30.0, 2.0, 96, 72, 'h264', 'ann', '2025-01-01T00:00:00.000+00:00');
+INSERT INTO labels VALUES (1, 1, 'pan_left', NULL, NULL, 'person', 'ann', '2025-01-01T00:00:01.000+00:00', NULL, NULL, NULL);
+INSERT INTO label_sets VALUES (1, 'camera', '["pan_left"]', 'person', 'ann', '2025-01-01T00:00:00.000+00:00');
+"""
+
+
+def test_a_store_from_schema_1_opens_and_gains_the_box_tables(tmp_path):
+    data = tmp_path / "old"
+    data.mkdir()
+    sha = "ab" * 32
+    with sqlite3.connect(data / "labels.db") as conn:  # what the version-1 code created
+        conn.executescript(_SCHEMA_V1 % sha)
+    store = LabelStore(data)
+    with sqlite3.connect(store.db_path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"boxes", "box_actions", "clips", "labels", "label_sets", "meta"} <= tables
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert store.integrity_check() == "ok"
+    # Old rows are untouched, and boxes can be added to the old clips.
+    lab = store.current_label(sha)
+    assert (lab.label, lab.labeled_by, lab.labeled_at) == ("pan_left", "ann", "2025-01-01T00:00:01.000+00:00")
+    assert store.get_label_set("camera").labels == ["pan_left"]
+    box = store.add_box(sha, 1.5, (0.1, 0.2, 0.3, 0.4), ["stand"], person_id=0)
+    assert LabelStore(data).boxes_of(sha) == [box]  # and opening it again changes nothing
+    # A store written by a newer schema is refused rather than misread.
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"newer videoapp \(schema 99") as info:
+        LabelStore(data)
+    _one_line(info)
+
+
+def test_import_ava_errors_are_one_line(store, clips, tmp_path):
+    clip, _ = store.add_clip(clips[0])
+    vid = clip.short_id
+    cases = {
+        "cols.csv": (f"{vid},1,0.1,0.2,0.3,0.4\n", r"cols.csv:1: 6 columns"),
+        "range.csv": (f"{vid},1,0.1,0.2,1.3,0.4,12,0\n", r"range.csv:1: x2=1.3 is outside"),
+        "id.csv": (f"{vid},1,0.1,0.2,0.3,0.4,99,0\n", r"id.csv: action id 99 .* is not in the label map"),
+        "late.csv": (f"{vid},0005,0.1,0.2,0.3,0.4,12,0\n", r"late.csv: [0-9a-f]+ at 0005: keyframe time 5.0 s is after"),
+        "flat.csv": (f"{vid},1,0.1,0.2,0.1,0.4,12,0\n", r"flat.csv: .* x2=0.1 must be right of x1=0.1"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(StoreError, match=message) as info:
+            store.import_ava(path, "ava")
+        assert str(tmp_path) not in _one_line(info)  # the page never learns server paths
+    assert store.all_boxes(include_deleted=True) == []
+    # 2-column rows (keyframes listed without boxes) are skipped; other videos are counted as missing.
+    ok = tmp_path / "ok.csv"
+    ok.write_text(f"{vid},0001\n{vid},1,0.1,0.2,0.3,0.4,12,0\n{vid},1,0.1,0.2,0.3,0.4,80,0\nother,1,0.1,0.2,0.3,0.4,12\n")
+    report = store.import_ava(ok, videos={"other": "f" * 64})
+    assert (report.boxes_added, report.missing) == (1, 1)
+    assert [(b.actions, b.person_id) for b in store.boxes_of(clip, 1)] == [(("stand", "watch (a person)"), 0)]

@@ -26,6 +26,25 @@ both keep their rows and the later commit wins. Every write is one
 transaction (``BEGIN IMMEDIATE``; ``synchronous=FULL``), so a process killed at
 any instant leaves every committed label in place and the database readable.
 
+Person boxes (AVA-style action detection labels): ``boxes`` holds one row per
+box on a keyframe (clip, ``timestamp_s``, ``x1, y1, x2, y2`` normalised to
+``[0, 1]`` of the frame, optional ``person_id``, provenance ``source`` --
+"person", "hog", "file" or "model:NAME" -- with an optional detector ``score``,
+who, when) and ``box_actions`` its action names, one row each (a box holds
+several actions; a child table keeps "which boxes have action A" a plain
+query and lets SQLite enforce one row per (box, action)). Like labels, boxes
+are never edited in place: :meth:`LabelStore.replace_box` adds the new version
+(``replaces`` = the old id) and marks the old row deleted in the same
+transaction, :meth:`LabelStore.delete_box` only marks a row deleted, so
+:meth:`LabelStore.box_history` shows every version. A box and its actions are
+written in one transaction, so no box is ever seen without its actions.
+:meth:`LabelStore.export_ava` writes them as an AVA ground-truth CSV with its
+``.pbtxt`` label map; :meth:`LabelStore.import_ava` reads that back.
+
+Schema versions: 1 = clips, labels, label_sets; 2 adds ``boxes`` and
+``box_actions``. Opening an older store adds the new tables (every statement is
+``CREATE ... IF NOT EXISTS``); a store written by a newer version is refused.
+
 Exports: Kinetics-style CSV (``label,youtube_id,time_start,time_end,split`` plus
 ``sha256,start_s,end_s,source,labeled_by,labeled_at``) with the clips cut to their
 segments and named ``<youtube_id>_<start:06d>_<end:06d>.mp4`` (what
@@ -43,6 +62,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import sqlite3
@@ -58,13 +78,17 @@ logger = logging.getLogger("videoapp")
 
 DB_NAME = "labels.db"
 SOURCES = ("model", "person")
+# Where a box came from; "model:<weights name>" is allowed too.
+BOX_SOURCES = ("person", "hog", "file")
+AVA_CSV_NAME = "boxes.csv"
+AVA_LABEL_MAP_NAME = "label_map.pbtxt"
 # Extensions we keep for stored clips (from the uploaded name, lower-cased); anything else is stored as .video.
 CLIP_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 EXTRA_COLUMNS = ("sha256", "start_s", "end_s", "source", "labeled_by", "labeled_at")
 MAX_LABEL_LEN = 100
 _COPY_CHUNK = 1 << 20
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,6 +128,32 @@ CREATE TABLE IF NOT EXISTS label_sets (
     source TEXT NOT NULL,
     created_by TEXT NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS boxes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    clip_id INTEGER NOT NULL REFERENCES clips(id),
+    timestamp_s REAL NOT NULL CHECK (timestamp_s >= 0),
+    x1 REAL NOT NULL,
+    y1 REAL NOT NULL,
+    x2 REAL NOT NULL,
+    y2 REAL NOT NULL,
+    person_id INTEGER CHECK (person_id IS NULL OR person_id >= 0),
+    source TEXT NOT NULL CHECK (source IN ('person', 'hog', 'file') OR source GLOB 'model:?*'),
+    score REAL,
+    labeled_by TEXT NOT NULL,
+    labeled_at TEXT NOT NULL,
+    replaces INTEGER REFERENCES boxes(id),
+    deleted_at TEXT,
+    deleted_by TEXT,
+    CHECK (0 <= x1 AND x1 < x2 AND x2 <= 1 AND 0 <= y1 AND y1 < y2 AND y2 <= 1)
+);
+CREATE INDEX IF NOT EXISTS boxes_clip ON boxes (clip_id, timestamp_s);
+CREATE UNIQUE INDEX IF NOT EXISTS boxes_replaces ON boxes (replaces) WHERE replaces IS NOT NULL;
+CREATE TABLE IF NOT EXISTS box_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    box_id INTEGER NOT NULL REFERENCES boxes(id),
+    action TEXT NOT NULL,
+    UNIQUE (box_id, action)
 );
 """
 
@@ -178,6 +228,96 @@ def parse_label_list(text: str) -> list[str]:
             if name not in out:
                 out.append(name)
     return out
+
+
+def check_box(box: Any) -> tuple[float, float, float, float]:
+    """A box as stored: ``(x1, y1, x2, y2)`` floats in ``[0, 1]`` with ``x1 < x2``, ``y1 < y2``. Raises :class:`StoreError`."""
+    if isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 4:
+        raise StoreError("a box is 4 numbers (x1, y1, x2, y2), normalised to [0, 1] of the frame")
+    out = []
+    for name, v in zip(("x1", "y1", "x2", "y2"), box):
+        if isinstance(v, bool):
+            raise StoreError(f"box {name} must be a number, got {v!r}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise StoreError(f"box {name} must be a number, got {str(v)[:20]!r}") from None
+        if not 0.0 <= x <= 1.0:  # also refuses NaN
+            raise StoreError(f"box {name}={x!r} is outside [0, 1] (coordinates are normalised to the frame)")
+        out.append(x)
+    x1, y1, x2, y2 = out
+    if not x1 < x2:
+        raise StoreError(f"box x2={x2!r} must be right of x1={x1!r} (a box has a width)")
+    if not y1 < y2:
+        raise StoreError(f"box y2={y2!r} must be below y1={y1!r} (a box has a height)")
+    return (x1, y1, x2, y2)
+
+
+def check_actions(actions: Any) -> tuple[str, ...]:
+    """A box's action names as stored: each through :func:`check_label`, duplicates dropped, order kept."""
+    if isinstance(actions, (str, bytes)) or not isinstance(actions, (list, tuple)):
+        raise StoreError("actions must be a list of action names")
+    out: list[str] = []
+    for a in actions:
+        name = check_label(a)
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def check_person_id(person_id: Any) -> int | None:
+    """``None`` or an integer >= 0 (a person's track id within its clip)."""
+    if person_id is None:
+        return None
+    try:
+        value = None if isinstance(person_id, bool) else operator.index(person_id)  # numpy integers too
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise StoreError(f"person_id must be an integer >= 0, got {str(person_id)[:20]!r}")
+    return int(value)
+
+
+def check_box_source(source: Any) -> str:
+    """A box's provenance: "person", "hog", "file" or "model:<name>"."""
+    text = str(source)
+    if text in BOX_SOURCES or (text.startswith("model:") and len(text) > 6
+                               and not any(unicodedata.category(c)[0] == "C" for c in text)):
+        return text
+    raise StoreError(f"box source must be person, hog, file or model:NAME, not {text[:40]!r}")
+
+
+def check_timestamp(timestamp_s: Any, duration_s: float) -> float:
+    """A keyframe time in seconds, ``0 <= t <= duration_s`` (kept exactly). Raises :class:`StoreError`."""
+    if isinstance(timestamp_s, bool):
+        raise StoreError(f"keyframe time must be a number of seconds, got {timestamp_s!r}")
+    try:
+        t = float(timestamp_s)
+    except (TypeError, ValueError):
+        raise StoreError(f"keyframe time must be a number of seconds, got {str(timestamp_s)[:20]!r}") from None
+    if not math.isfinite(t) or t < 0:
+        raise StoreError(f"keyframe time {t!r} is not a time (seconds >= 0)")
+    if t > duration_s:
+        raise StoreError(f"keyframe time {t!r} s is after the clip's end ({duration_s:.3f} s)")
+    return t
+
+
+def _check_score(score: Any) -> float | None:
+    if score is None:
+        return None
+    try:
+        x = float(score)
+    except (TypeError, ValueError):
+        raise StoreError(f"score must be a number, got {str(score)[:20]!r}") from None
+    if not math.isfinite(x):
+        raise StoreError("score must be a finite number")
+    return x
+
+
+def _first_line(exc: BaseException, path: Path) -> str:
+    """``exc``'s message on one line, with the server path shortened to the file's name."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.replace(os.fspath(path), display_name(path.name))
 
 
 @dataclass
@@ -258,9 +398,12 @@ class ImportReport:
     missing: int = 0
     refused: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    boxes_added: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.labels_added} labels imported", f"{self.clips_added} new clips"]
+        if self.boxes_added:
+            parts.insert(0, f"{self.boxes_added} boxes imported")
         if self.duplicates:
             parts.append(f"{self.duplicates} already present")
         if self.missing:
@@ -268,6 +411,45 @@ class ImportReport:
         if self.refused:
             parts.append(f"{len(self.refused)} files refused")
         return ", ".join(parts)
+
+
+@dataclass
+class BoxRecord:
+    """One version of a person box on a keyframe.
+
+    ``timestamp_s``: the keyframe time in seconds from the clip's start.
+    ``box``: ``(x1, y1, x2, y2)`` normalised to ``[0, 1]`` of the frame width
+    (x) and height (y), ``x1 < x2``, ``y1 < y2``. ``actions``: action names,
+    in the order given (no duplicates; may be empty for a bare person box).
+    ``source``: "person", "hog", "file" or "model:<name>"; ``score``: the
+    detector's confidence, if any. ``replaces``: the id of the version this
+    one replaced; ``replaced_by``: the version that replaced this one;
+    ``deleted_at``/``deleted_by``: set once the box was deleted or replaced.
+    """
+
+    id: int
+    clip_id: int
+    sha256: str
+    timestamp_s: float
+    box: tuple[float, float, float, float]
+    actions: tuple[str, ...]
+    person_id: int | None
+    source: str
+    score: float | None
+    labeled_by: str
+    labeled_at: str
+    replaces: int | None = None
+    replaced_by: int | None = None
+    deleted_at: str | None = None
+    deleted_by: str | None = None
+
+    @property
+    def current(self) -> bool:
+        """``True`` while the box is neither deleted nor replaced."""
+        return self.deleted_at is None
+
+
+_KEEP: Any = object()  # replace_box: "keep the old value" (None is a value: no person id, no score)
 
 
 def _clip_from_row(row: sqlite3.Row, clips_dir: Path) -> ClipRecord:
@@ -303,11 +485,17 @@ class LabelStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             with self._write(conn):
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                             (str(_SCHEMA_VERSION),))
+                statements = [stmt for stmt in _SCHEMA.strip().split(";") if stmt.strip()]
+                conn.execute(statements[0])  # meta, to read the version before touching anything else
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is not None and int(row[0]) > _SCHEMA_VERSION:
+                    raise StoreError(f"{DB_NAME} was written by a newer videoapp (schema {row[0]}, this one reads "
+                                     f"up to {_SCHEMA_VERSION}); upgrade videoapp")
+                for stmt in statements[1:]:
+                    conn.execute(stmt)
+                # Older stores gained the new tables above; record that they now have this version's schema.
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                             " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(_SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ paths
     @property
@@ -636,6 +824,331 @@ class LabelStore:
                 return s
         return None
 
+    # ------------------------------------------------------------------ boxes
+    def _query_boxes(self, where: str, params: Sequence[Any]) -> list[BoxRecord]:
+        # ``where`` may name only columns of ``boxes``: it filters the actions' query too.
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT boxes.*, clips.sha256, (SELECT n.id FROM boxes AS n WHERE n.replaces = boxes.id) AS replaced_by"
+                f" FROM boxes JOIN clips ON clips.id = boxes.clip_id WHERE {where}"
+                " ORDER BY boxes.clip_id, boxes.timestamp_s, boxes.id", tuple(params)).fetchall()
+            acts = conn.execute(f"SELECT box_id, action FROM box_actions WHERE box_id IN"
+                                f" (SELECT boxes.id FROM boxes WHERE {where}) ORDER BY id", tuple(params)).fetchall()
+        actions: dict[int, list[str]] = {}
+        for a in acts:
+            actions.setdefault(int(a["box_id"]), []).append(a["action"])
+        return [BoxRecord(int(r["id"]), int(r["clip_id"]), r["sha256"], float(r["timestamp_s"]),
+                          (r["x1"], r["y1"], r["x2"], r["y2"]), tuple(actions.get(int(r["id"]), ())), r["person_id"],
+                          r["source"], r["score"], r["labeled_by"], r["labeled_at"], r["replaces"], r["replaced_by"],
+                          r["deleted_at"], r["deleted_by"]) for r in rows]
+
+    def _insert_box(self, conn: sqlite3.Connection, clip: ClipRecord, timestamp_s: float,
+                    box: tuple[float, float, float, float], actions: tuple[str, ...], person_id: int | None,
+                    source: str, score: float | None, who: str, at: str, replaces: int | None) -> int:
+        cur = conn.execute(
+            "INSERT INTO boxes (clip_id, timestamp_s, x1, y1, x2, y2, person_id, source, score, labeled_by,"
+            " labeled_at, replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (clip.id, timestamp_s, *box, person_id, source, score, who, at, replaces))
+        box_id = int(cur.lastrowid)
+        conn.executemany("INSERT INTO box_actions (box_id, action) VALUES (?, ?)", [(box_id, a) for a in actions])
+        return box_id
+
+    def add_box(self, clip: ClipRecord | int | str, timestamp_s: float, box: Sequence[float],
+                actions: Sequence[str] = (), *, person_id: int | None = None, source: str = "person",
+                score: float | None = None, labeled_by: str | None = None) -> BoxRecord:
+        """Store a person box on the keyframe at ``timestamp_s`` seconds of ``clip`` (one transaction).
+
+        ``box``: ``(x1, y1, x2, y2)`` normalised to ``[0, 1]`` of the frame's
+        width (x) and height (y), with ``x1 < x2`` and ``y1 < y2``; kept exactly
+        (no rounding). ``actions``: action names (label rules of
+        :func:`check_label`; duplicates dropped, order kept; may be empty).
+        ``person_id``: an integer >= 0 or ``None``; ``source``: "person",
+        "hog", "file" or "model:<name>"; ``score``: the detector's confidence.
+        Raises :class:`StoreError` (one line) for anything invalid; nothing is
+        stored then.
+        """
+        rec = clip if isinstance(clip, ClipRecord) else self.require_clip(clip)
+        t = check_timestamp(timestamp_s, rec.duration_s)
+        coords, names = check_box(box), check_actions(actions)
+        pid, src, sc = check_person_id(person_id), check_box_source(source), _check_score(score)
+        who, at = check_who(labeled_by), now_iso()
+        with self._connect() as conn, self._write(conn):
+            box_id = self._insert_box(conn, rec, t, coords, names, pid, src, sc, who, at, None)
+        return BoxRecord(box_id, rec.id, rec.sha256, t, coords, names, pid, src, sc, who, at)
+
+    def get_box(self, box_id: int) -> BoxRecord | None:
+        """The box version with this id (current or not), else ``None``."""
+        found = self._query_boxes("boxes.id = ?", (int(box_id),))
+        return found[0] if found else None
+
+    def boxes_of(self, clip: ClipRecord | int | str, timestamp_s: float | None = None, *,
+                 include_deleted: bool = False) -> list[BoxRecord]:
+        """The current boxes of ``clip`` (by keyframe time, then oldest first).
+
+        ``timestamp_s``: only that keyframe (times equal to the microsecond, as
+        AVA compares keyframes). ``include_deleted``: also deleted and replaced
+        versions.
+        """
+        rec = clip if isinstance(clip, ClipRecord) else self.require_clip(clip)
+        where, params = ["boxes.clip_id = ?"], [rec.id]
+        if timestamp_s is not None:
+            t = check_timestamp(timestamp_s, math.inf)
+            where.append("boxes.timestamp_s BETWEEN ? AND ?")  # BETWEEN, not abs(): the index serves it
+            params += [t - 5e-7, t + 5e-7]
+        if not include_deleted:
+            where.append("boxes.deleted_at IS NULL")
+        return self._query_boxes(" AND ".join(where), params)
+
+    def all_boxes(self, *, include_deleted: bool = False) -> list[BoxRecord]:
+        """Every current box of every clip (by clip, keyframe time, age); ``include_deleted``: every version."""
+        return self._query_boxes("1" if include_deleted else "boxes.deleted_at IS NULL", ())
+
+    def keyframes_of(self, clip: ClipRecord | int | str) -> list[float]:
+        """The keyframe times (seconds, ascending) of ``clip`` that hold at least one current box."""
+        rec = clip if isinstance(clip, ClipRecord) else self.require_clip(clip)
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT timestamp_s FROM boxes WHERE clip_id = ? AND deleted_at IS NULL"
+                                " ORDER BY timestamp_s", (rec.id,)).fetchall()
+        return [float(r[0]) for r in rows]
+
+    def _retire(self, conn: sqlite3.Connection, box_id: int, who: str, at: str, *, idempotent: bool) -> bool:
+        """Mark ``box_id`` deleted inside the caller's transaction; ``False`` if it already was (``idempotent``)."""
+        row = conn.execute("SELECT deleted_at, deleted_by, (SELECT n.id FROM boxes AS n WHERE n.replaces = boxes.id)"
+                           " FROM boxes WHERE id = ?", (box_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no box {box_id} in the store")
+        if row[0] is not None:
+            if row[2] is not None:
+                raise StoreError(f"box {box_id} was already replaced by box {row[2]} ({row[1]}); reload the keyframe")
+            if idempotent:
+                return False
+            raise StoreError(f"box {box_id} was already deleted ({row[1]}); reload the keyframe")
+        conn.execute("UPDATE boxes SET deleted_at = ?, deleted_by = ? WHERE id = ?", (at, who, box_id))
+        return True
+
+    def replace_box(self, box_id: int, box: Sequence[float] = _KEEP, actions: Sequence[str] = _KEEP, *,
+                    timestamp_s: float = _KEEP, person_id: int | None = _KEEP, source: str = "person",
+                    score: float | None = None, labeled_by: str | None = None) -> BoxRecord:
+        """Replace the current box ``box_id`` by a new version and return it (one transaction).
+
+        Arguments left out keep the old version's values (``box``, ``actions``,
+        ``timestamp_s``, ``person_id``); ``source``/``score``/``labeled_by``
+        describe the new version (a person adjusting a HOG box makes it
+        "person"). The old row stays, marked deleted, with the new one's
+        ``replaces`` pointing at it (see :meth:`box_history`). Raises
+        :class:`StoreError` when ``box_id`` is unknown, or was deleted or
+        replaced meanwhile (two sessions editing the same box: the first wins,
+        the second is told to reload).
+        """
+        old = self.get_box(box_id)
+        if old is None:
+            raise StoreError(f"no box {box_id} in the store")
+        clip = self.require_clip(old.clip_id)
+        t = old.timestamp_s if timestamp_s is _KEEP else check_timestamp(timestamp_s, clip.duration_s)
+        coords = old.box if box is _KEEP else check_box(box)
+        names = old.actions if actions is _KEEP else check_actions(actions)
+        pid = old.person_id if person_id is _KEEP else check_person_id(person_id)
+        src, sc = check_box_source(source), _check_score(score)
+        who, at = check_who(labeled_by), now_iso()
+        with self._connect() as conn, self._write(conn):
+            self._retire(conn, old.id, who, at, idempotent=False)
+            new_id = self._insert_box(conn, clip, t, coords, names, pid, src, sc, who, at, old.id)
+        return BoxRecord(new_id, clip.id, clip.sha256, t, coords, names, pid, src, sc, who, at, replaces=old.id)
+
+    def delete_box(self, box_id: int, *, labeled_by: str | None = None) -> BoxRecord:
+        """Delete the current box ``box_id`` (its row stays, marked deleted) and return that version.
+
+        Deleting a box that is already deleted changes nothing; one that was
+        replaced meanwhile raises :class:`StoreError` (delete the new version).
+        """
+        with self._connect() as conn, self._write(conn):
+            self._retire(conn, int(box_id), check_who(labeled_by), now_iso(), idempotent=True)
+        rec = self.get_box(box_id)
+        assert rec is not None
+        return rec
+
+    def box_history(self, box_id: int) -> list[BoxRecord]:
+        """Every version of the box ``box_id`` belongs to, oldest first (follows ``replaces`` both ways)."""
+        rec = self.get_box(box_id)
+        if rec is None:
+            raise StoreError(f"no box {box_id} in the store")
+        chain = [rec]
+        while chain[0].replaces is not None:
+            chain.insert(0, self.get_box(chain[0].replaces))  # type: ignore[arg-type]
+        while chain[-1].replaced_by is not None:
+            chain.append(self.get_box(chain[-1].replaced_by))  # type: ignore[arg-type]
+        return chain
+
+    def resolve_label_map(self, label_map: Mapping[int, str] | str | os.PathLike | None = None,
+                          names: Sequence[str] = ()) -> dict[int, str]:
+        """``{action id: name}`` for AVA export/import.
+
+        ``label_map``: a mapping; a path (``os.PathLike``) to a ``.pbtxt`` or
+        ``N: name`` label map; a string naming one of the store's label sets
+        (ids 1..N in the set's order); ``"ava"`` (when no label set has that
+        name) for the 60 AVA v2.2 actions with their official ids; ``None``:
+        the AVA list when every name in ``names`` is an AVA action, else ids
+        1..N over ``sorted(names)``. Raises :class:`StoreError`.
+        """
+        from videoapp.data.ava import AVAFormatError, read_label_map
+        from videoapp.labels import load_ava_labels
+
+        if label_map is None:
+            ava = load_ava_labels()
+            if set(names) <= set(ava.values()):
+                return dict(ava)
+            return {i + 1: n for i, n in enumerate(sorted(set(names)))}
+        if isinstance(label_map, os.PathLike):
+            try:
+                out = read_label_map(label_map)
+            except AVAFormatError as exc:
+                raise StoreError(_first_line(exc, Path(label_map))) from None
+        elif isinstance(label_map, str):
+            found = self.get_label_set(label_map)
+            if found is not None:
+                out = {i + 1: n for i, n in enumerate(found.labels)}
+            elif label_map == "ava":
+                out = dict(load_ava_labels())
+            else:
+                raise StoreError(f"no label set {label_map[:40]!r} in the store")
+        elif isinstance(label_map, Mapping):
+            out = {}
+            for k, v in label_map.items():
+                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                    raise StoreError(f"label map id {k!r} is not an AVA action id (an integer >= 1)")
+                out[k] = check_label(v)
+        else:
+            raise StoreError(f"a label map is a mapping, a label set name or a path, not {type(label_map).__name__}")
+        if len(set(out.values())) != len(out):
+            dup = sorted(n for n in set(out.values()) if list(out.values()).count(n) > 1)
+            raise StoreError(f"label map names {', '.join(dup[:5])} more than once")
+        return out
+
+    def export_ava(self, out_dir: str | os.PathLike | None = None,
+                   label_map: Mapping[int, str] | str | os.PathLike | None = None, *, include_model: bool = False,
+                   with_clips: bool = False) -> Path:
+        """Write the current boxes as an AVA ground-truth CSV and its label map; returns the CSV path.
+
+        ``out_dir/boxes.csv`` (default ``out_dir``: a fresh folder under
+        ``exports/``): header-less rows ``video_id,timestamp,x1,y1,x2,y2,action_id,person_id``,
+        one per (box, action), boxes by clip, keyframe and age, actions in the
+        order they were given; ``video_id`` is the clip's short id (16 hex
+        digits of its SHA-256), ``timestamp`` the keyframe seconds as AVA
+        writes them (``0902``, ``1.5``), coordinates as ``repr`` (exact).
+        ``out_dir/label_map.pbtxt``: ``label_map`` (see
+        :meth:`resolve_label_map`) as ``item { name: ".." id: N }``. Boxes
+        without actions are left out (a ground-truth row needs an action);
+        boxes without a ``person_id`` get, per clip, ids after the largest one
+        used (one per box). ``include_model``: also boxes whose source is
+        "model:...". ``with_clips``: also ``out_dir/videos/<video_id>.<ext>``
+        (byte copies), the layout AVA training reads. Raises
+        :class:`StoreError` for an action that the label map lacks.
+        """
+        from videoapp.data.ava import AVARow, format_timestamp, write_ava_csv
+        from videoapp.data.synthetic_ava import write_label_map
+
+        boxes = [b for b in self.all_boxes() if b.actions and (include_model or not b.source.startswith("model:"))]
+        labels = self.resolve_label_map(label_map, sorted({a for b in boxes for a in b.actions}))
+        ids = {name: idx for idx, name in labels.items()}
+        unknown = sorted({a for b in boxes for a in b.actions if a not in ids})
+        if unknown:
+            raise StoreError(f"actions not in the label map: {', '.join(unknown[:5])}"
+                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        bad = [n for n in labels.values() if '"' in n]
+        if bad:  # the .pbtxt writer does not escape quotes
+            raise StoreError(f"action name {bad[0][:40]!r}: a double quote cannot go into a .pbtxt label map")
+        next_person: dict[int, int] = {}
+        for b in boxes:
+            if b.person_id is not None:
+                next_person[b.clip_id] = max(next_person.get(b.clip_id, 0), b.person_id + 1)
+        rows = []
+        for b in boxes:
+            pid = b.person_id
+            if pid is None:
+                pid = next_person.get(b.clip_id, 0)
+                next_person[b.clip_id] = pid + 1
+            ts = format_timestamp(b.timestamp_s)
+            rows += [AVARow(b.sha256[:16], ts, b.box, ids[a], pid) for a in b.actions]
+        out = Path(out_dir) if out_dir is not None else self.new_export_dir("ava")
+        out.mkdir(parents=True, exist_ok=True)
+        if with_clips:
+            for clip_id in sorted({b.clip_id for b in boxes}):
+                clip = self.require_clip(clip_id)
+                self.write_segment(clip, None, None, out / "videos" / clip.short_id)
+        write_label_map(out / AVA_LABEL_MAP_NAME, labels)
+        csv_path = out / AVA_CSV_NAME
+        write_ava_csv(csv_path, rows, person_ids=True)
+        return csv_path
+
+    def import_ava(self, csv_path: str | os.PathLike,
+                   label_map: Mapping[int, str] | str | os.PathLike | None = None, *,
+                   videos: Mapping[str, ClipRecord | int | str] | None = None, source: str = "file",
+                   labeled_by: str | None = None) -> ImportReport:
+        """Import boxes from an AVA ground-truth CSV (7 or 8 columns; 2-column rows are skipped).
+
+        The rows of one box (same keyframe by value, same coordinates and
+        ``person_id``) become one box holding their actions, named through
+        ``label_map`` (see :meth:`resolve_label_map`; default: the
+        ``label_map.pbtxt`` beside the CSV, else the AVA list). A row's clip is
+        ``videos[video_id]`` (a clip, its id or SHA-256) when given, else the
+        stored clip whose SHA-256 starts with ``video_id`` (what
+        :meth:`export_ava` writes); boxes of other videos are counted in
+        ``missing``. A box already stored (same keyframe, coordinates,
+        ``person_id`` and actions) is counted in ``duplicates``, so importing a
+        file twice adds nothing. Raises :class:`StoreError` (one line, naming
+        the file) for a malformed file, an id the label map lacks, or a box the
+        store refuses (e.g. a keyframe after the clip's end).
+        """
+        from videoapp.data.ava import AVAFormatError, canonical_timestamp, read_ava_csv
+        from videoapp.labels import load_ava_labels
+
+        csv_path = Path(csv_path)
+        name = display_name(csv_path.name)
+        try:
+            rows = read_ava_csv(csv_path, "groundtruth")
+        except AVAFormatError as exc:
+            raise StoreError(_first_line(exc, csv_path)) from None
+        if label_map is None and (csv_path.parent / AVA_LABEL_MAP_NAME).is_file():
+            label_map = csv_path.parent / AVA_LABEL_MAP_NAME
+        labels = dict(load_ava_labels()) if label_map is None else self.resolve_label_map(label_map)
+        grouped: dict[tuple, list[str]] = {}
+        stamps: dict[tuple, str] = {}
+        for r in rows:
+            if r.box is None:
+                continue
+            if r.action_id not in labels:
+                raise StoreError(f"{name}: action id {r.action_id} ({r.video_id} at {r.timestamp}) is not in the label map")
+            key = (r.video_id, canonical_timestamp(r.timestamp), r.box, r.person_id)
+            stamps.setdefault(key, r.timestamp)
+            acts = grouped.setdefault(key, [])
+            if labels[r.action_id] not in acts:
+                acts.append(labels[r.action_id])
+        src, who = check_box_source(source), check_who(labeled_by)
+        report = ImportReport()
+        clips: dict[str, ClipRecord | None] = {}
+        for key, acts in grouped.items():
+            video_id, _, box, person_id = key
+            if video_id not in clips:
+                ref = (videos or {}).get(video_id, video_id)
+                clips[video_id] = ref if isinstance(ref, ClipRecord) else self.get_clip(ref)
+            clip = clips[video_id]
+            if clip is None:
+                report.missing += 1
+                continue
+            ts = float(stamps[key])
+            same = [b for b in self.boxes_of(clip, ts)
+                    if b.box == box and b.person_id == person_id and set(b.actions) == set(acts)]
+            if same:
+                report.duplicates += 1
+                continue
+            try:
+                self.add_box(clip, ts, box, acts, person_id=person_id, source=src, labeled_by=who)
+            except StoreError as exc:
+                raise StoreError(f"{name}: {video_id} at {stamps[key]}: {exc}") from None
+            report.boxes_added += 1
+            report.labels += [a for a in acts if a not in report.labels]
+        return report
+
     # ------------------------------------------------------------------ export
     def _export_rows(self, include_model: bool) -> list[tuple[ClipRecord, LabelRecord]]:
         current = self.current_labels(include_model=include_model)
@@ -860,4 +1373,5 @@ class LabelStore:
 __all__ = [
     "LabelStore", "ClipRecord", "LabelRecord", "LabelSet", "QueueItem", "ImportReport", "StoreError",
     "UploadRefused", "default_data_dir", "check_label", "check_who", "parse_label_list", "display_name", "now_iso",
+    "BoxRecord", "BOX_SOURCES", "check_box", "check_actions", "check_person_id", "check_box_source", "check_timestamp",
 ]

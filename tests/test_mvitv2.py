@@ -138,8 +138,9 @@ def test_torchvision_import_report(tv_checkpoint):
 def test_parity_with_torchvision(ours_s, reference_out, clip1):
     ref_logits, ref_feat = reference_out
     with torch.inference_mode():
-        feat = ours_s.forward_features(clip1)
-        logits = ours_s.forward_head(feat)
+        tokens = ours_s.forward_features(clip1)
+        feat = ours_s.forward_head(tokens, pre_logits=True)
+        logits = ours_s.forward_head(tokens)
     assert logits.shape == (1, 400)
     assert rel_err(logits, ref_logits) <= 1e-5, rel_err(logits, ref_logits)
     assert rel_err(feat, ref_feat) <= 1e-5
@@ -173,7 +174,7 @@ def test_other_input_size_matches_torchvision_interpolation(tv_model):
         enc.temporal_size, enc.spatial_size = saved
     with torch.inference_mode():
         out = ours(x)
-        maps = ours.forward_intermediates(x)
+        maps = ours.forward_intermediates(x, intermediates_only=True)
     assert rel_err(out, ref) <= 1e-5
     assert [tuple(m.shape) for m in maps] == [(1, 96, 4, 40, 48), (1, 192, 4, 20, 24), (1, 384, 4, 10, 12),
                                               (1, 768, 4, 5, 6)]
@@ -369,13 +370,16 @@ def test_api_shapes(tiny):
     x = torch.randn(2, 3, 8, 64, 64)
     with torch.inference_mode():
         logits = tiny(x)
-        feats = tiny.forward_features(x)
-        maps = tiny.forward_intermediates(x)
-        head = tiny.forward_head(feats)
+        tokens = tiny.forward_features(x)
+        feats = tiny.forward_head(tokens, pre_logits=True)
+        maps = tiny.forward_intermediates(x, intermediates_only=True)
+        head = tiny.forward_head(tokens)
     d = tiny.num_features
     assert logits.shape == (2, 400) and feats.shape == (2, d) and d == 160
+    assert tokens.shape == (2, 1 + 4 * 2 * 2, d) and torch.equal(feats, tokens[:, 0])
     assert [tuple(m.shape) for m in maps] == [(2, 20, 4, 16, 16), (2, 40, 4, 8, 8), (2, 80, 4, 4, 4), (2, 160, 4, 2, 2)]
-    assert torch.allclose(head, logits)
+    # forward's cls-row-only last block against the full computation (rounding only).
+    assert rel_err(logits, head) <= 1e-6
 
 
 def test_cls_only_last_block_equals_full_computation(tiny):
@@ -385,7 +389,7 @@ def test_cls_only_last_block_equals_full_computation(tiny):
         full = tiny._run(x, cls_only=False)
         ref = tiny.head(tiny.norm(full[:, 0]))
         out = tiny(x)
-        last = tiny.forward_intermediates(x)[-1]
+        last = tiny.forward_intermediates(x, norm=True, intermediates_only=True)[-1]
         normed = tokens_to_grid(tiny.norm(full)[:, 1:], last.shape[2:])
     assert rel_err(out, ref) <= 1e-6
     # forward_intermediates' last map is the final-normed token grid.
@@ -396,14 +400,14 @@ def test_row_chunks_give_the_same_result(tiny, monkeypatch):
     """Inference splits each block into query-row chunks; the split must not change the numbers."""
     x = torch.randn(2, 3, 8, 64, 64)
     with torch.inference_mode():
-        whole = tiny.forward_intermediates(x)
+        whole = tiny.forward_intermediates(x, norm=True, intermediates_only=True)
         monkeypatch.setattr(mv, "_CHUNK_ELEMENTS", 64)  # many small chunks
         monkeypatch.setattr(mv, "_CHUNK_MIN_ROWS", 7)
-        chunked = tiny.forward_intermediates(x)
+        chunked = tiny.forward_intermediates(x, norm=True, intermediates_only=True)
     for a, b in zip(whole, chunked):
         assert rel_err(b, a) <= 1e-5
     # The autograd path (no chunks, out-of-place ops) agrees too.
-    grad_out = tiny.forward_intermediates(x)
+    grad_out = tiny.forward_intermediates(x, norm=True, intermediates_only=True)
     for a, b in zip(whole, grad_out):
         assert rel_err(b.detach(), a) <= 1e-5
 
@@ -417,8 +421,8 @@ def test_model_without_cls_token_pools_the_mean():
     assert model.cls_token is None and "cls_token" not in model.state_dict()
     x = torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(14))
     with torch.inference_mode():
-        feats = model.forward_features(x)
-        maps = model.forward_intermediates(x)
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        maps = model.forward_intermediates(x, norm=True, intermediates_only=True)
         tokens = model.norm(model._run(x, cls_only=False))
         logits = model.head(feats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -427,8 +431,8 @@ def test_model_without_cls_token_pools_the_mean():
     assert tokens.shape == (2, 8, 128) and torch.allclose(feats, tokens.mean(1), atol=1e-6)
     assert torch.allclose(maps[-1], tokens_to_grid(tokens, (2, 2, 2)))
     assert rel_err(low.float(), logits) <= 0.05
-    grad_feats = model.forward_features(x)  # autograd path: out-of-place, no row chunks
-    assert rel_err(grad_feats.detach(), feats) <= 1e-5
+    grad_tokens = model.forward_features(x)  # autograd path: out-of-place, no row chunks
+    assert rel_err(grad_tokens.detach(), tokens) <= 1e-5
     model.train()
     model(x).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -439,7 +443,7 @@ def test_image_input_is_one_frame_clip(tiny):
     with torch.inference_mode():
         a = tiny(img)
         b = tiny(img.unsqueeze(2))
-        maps = tiny.forward_intermediates(img)
+        maps = tiny.forward_intermediates(img, intermediates_only=True)
     assert a.shape == (2, 400) and torch.equal(a, b)
     assert maps[0].shape == (2, 20, 1, 16, 16)
 
@@ -465,7 +469,7 @@ def test_reset_classifier(tiny):
     assert model.head.fc.out_features == 7 and model(x).shape == (1, 7)
     model.reset_classifier(0)
     with torch.inference_mode():
-        assert torch.allclose(model(x), tiny.forward_features(x))
+        assert rel_err(model(x), tiny.forward_head(tiny.forward_features(x), pre_logits=True)) <= 1e-6
 
 
 def test_bf16_autocast_close_to_fp32(tiny):
@@ -475,7 +479,7 @@ def test_bf16_autocast_close_to_fp32(tiny):
         ref = tiny(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = tiny(x)
-            maps = tiny.forward_intermediates(x)
+            maps = tiny.forward_intermediates(x, intermediates_only=True)
     assert logits.dtype == torch.bfloat16 and len(maps) == 4
     assert rel_err(logits.float(), ref) <= 0.05, rel_err(logits.float(), ref)
 

@@ -40,7 +40,8 @@ as ``n = r * s**L`` and each coordinate as digits ``(r, d_L, ..., d_1)`` with
 The official code orders the digits fine to coarse (``d_1`` outermost, mask
 units innermost); both orders group exactly the same tokens into the same
 pools and units, so the two networks compute the same function.
-:func:`reroll` puts the tokens back on their grid for ``forward_intermediates``.
+:func:`reroll` puts the tokens back on their grid for ``forward_features`` and
+``forward_intermediates``.
 
 State-dict keys are the official ones except ``head.fc`` (official
 ``head.projection``); :data:`CONVERTERS` reads official and timm checkpoints.
@@ -55,7 +56,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from videoapp.models.heads import ClassificationHead
-from videoapp.models.layers import DropPath, Mlp, PatchEmbed
+from videoapp.models.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    check_output_fmt,
+    feature_take_indices,
+    grid_to_tokens,
+    run_block,
+    stage_feature_info,
+)
 from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 __all__ = [
@@ -289,6 +299,10 @@ class Hiera(nn.Module):
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         dim, heads, stage = embed_dim, num_heads, 0
         self.stage_dims: list[int] = []
+        # Per stage: token grid, stride digits still unpooled (for reroll), stride in input units.
+        self.stage_sizes: list[tuple[int, ...]] = []
+        self.stage_levels: list[int] = []
+        size, levels, stride, strides = list(self.tokens_spatial_shape), self.levels, list(self.patch_stride), []
         self.blocks = nn.ModuleList()
         for i in range(depth):
             dim_out = dim
@@ -301,6 +315,9 @@ class Hiera(nn.Module):
                 stage += 1
                 if i in q_pool_blocks:
                     window_size //= flat_q_stride
+                    size = [n // q for n, q in zip(size, self.q_stride)]
+                    stride = [n * q for n, q in zip(stride, self.q_stride)]
+                    levels -= 1
             self.blocks.append(HieraBlock(
                 dim, dim_out, heads, mlp_ratio, drop_rates[i],
                 q_stride=flat_q_stride if i in q_pool_blocks else 1,
@@ -309,7 +326,13 @@ class Hiera(nn.Module):
             dim = dim_out
             if i in self.stage_ends:
                 self.stage_dims.append(dim)
+                self.stage_sizes.append(tuple(size))
+                self.stage_levels.append(levels)
+                strides.append(tuple(stride))
+        #: Per stage: ``num_chs``, ``reduction``, ``stride`` ``(t, h, w)`` (``t = 1`` for image models), ``module``.
+        self.feature_info = stage_feature_info(self.stage_dims, self.stage_ends, strides)
         self.num_features = dim
+        self.grad_checkpointing = False
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = ClassificationHead(dim, num_classes, head_dropout)
         self._init_weights(head_init_scale)
@@ -384,64 +407,107 @@ class Hiera(nn.Module):
             x = x.view(b, -1, unit, x.shape[-1])[mask].view(b, -1, x.shape[-1])
         return x
 
-    # -- API ------------------------------------------------------------------
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens after the last block, before pooling: ``[B, N_last, num_features]``.
-
-        With all of the official ``q_pool=3`` stride digits pooled the order is
-        raster order over the last grid (over the kept mask units with
-        ``mask``): what the official ``Hiera.forward(x, mask)`` returns.
-        """
-        x = self.embed(x, mask)
-        for block in self.blocks:
-            x = block(x)
+    # -- API (timm's contract) --------------------------------------------------
+    def _blocks(self, x: torch.Tensor, last_block: int | None = None, stages: list | None = None) -> torch.Tensor:
+        """Blocks ``0..last_block`` (default all) on tokens in our order; ``stages`` collects each stage's tokens."""
+        last = len(self.blocks) - 1 if last_block is None else last_block
+        for i, block in enumerate(self.blocks[:last + 1]):
+            x = run_block(block, self.grad_checkpointing, x)
+            if stages is not None and i in self.stage_ends:
+                stages.append(x)
         return x
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled embedding: mean over the tokens, then ``norm``: ``[B, num_features]``."""
-        return self.norm(self.forward_tokens(x, mask).mean(dim=1))
+    def _grid(self, tokens: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage ``stage``'s tokens (our order) -> grid ``[B, C, *stage_sizes[stage]]``, channels-last."""
+        return reroll(tokens, self.stage_sizes[stage], self.q_stride, self.stage_levels[stage])
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, num_features]`` -> logits ``[B, num_classes]`` (dropout + ``head.fc``)."""
-        return self.head(features)
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the last block, before pooling and norm: ``[B, N_last, num_features]``.
+
+        Without ``mask`` they are in raster order over the last stage's grid
+        (``t, h, w``; free when every stride digit is pooled, as in the
+        official ``q_pool=3`` models). With ``mask`` (see :meth:`embed`) they
+        are the kept mask units' tokens, unit by unit: what the official
+        ``Hiera.forward(x, mask)`` returns. Hiera's ``norm`` belongs to the
+        pooled vector (:meth:`forward_head`), as in timm and the official code.
+        """
+        x = self._blocks(self.embed(x, mask))
+        if mask is not None:
+            return x
+        return grid_to_tokens(self._grid(x, len(self.stage_ends) - 1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens ``[B, N, num_features]`` -> logits ``[B, num_classes]``: mean over tokens, ``norm``,
+        then (unless ``pre_logits``, which returns the normed ``[B, num_features]``) dropout + ``head.fc``."""
+        x = self.norm(x.mean(dim=1))
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised clips ``[B, C, T, H, W]`` (images ``[B, C, H, W]``) -> logits ``[B, num_classes]``.
 
-        ``mask`` (optional, see :meth:`embed`) classifies from the kept mask units only.
+        ``forward_head(forward_features(x, mask))``; ``mask`` (optional, see
+        :meth:`embed`) classifies from the kept mask units only.
         """
-        return self.head(self.forward_features(x, mask))
+        return self.forward_head(self.forward_features(x, mask))
 
-    def forward_intermediates(self, x: torch.Tensor, norm: bool = False) -> list[torch.Tensor]:
-        """Feature map after each stage, on its grid: ``[B, C_i, T_i, H_i, W_i]`` for video.
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCTHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Feature maps of the stages (timm's ``forward_intermediates``).
 
-        Image models return ``[B, C_i, H_i, W_i]`` for an image input and
-        ``[B, C_i, 1, H_i, W_i]`` for a one-frame clip, i.e. the maps have the
-        input's layout. ``C_i`` is ``stage_dims[i]``; the grid starts at
-        ``input_size / patch_stride`` and is divided by ``q_stride`` at each of
-        the first ``q_pool`` stage changes. With ``norm`` the last map goes
-        through the final ``LayerNorm`` (Hiera's norm is meant for the pooled
-        vector, so this is off by default). Maps are channels-last in memory.
+        ``indices``: stages to return, ``None`` all, an ``int`` ``n`` the last
+        ``n``, a list the given ones (negative from the end). Maps are on their
+        grid, ``[B, C_i, T_i, H_i, W_i]`` for video (``output_fmt="NCTHW"``,
+        channels-last in memory) or raster-order tokens ``[B, N_i, C_i]``
+        (``"NLC"``); ``C_i`` and the stride are ``feature_info[i]``. Image
+        models give ``[B, C_i, H_i, W_i]`` for an image and ``[B, C_i, 1, H_i,
+        W_i]`` for a one-frame clip, i.e. the input's layout. ``norm`` applies
+        the final ``LayerNorm`` to the last stage's map (Hiera's norm is meant
+        for the pooled vector, so it is off by default). ``stop_early`` skips
+        the blocks after the last requested stage.
+
+        Returns the maps with ``intermediates_only``, else ``(final, maps)``
+        with ``final`` the last run stage's raster-order tokens (:meth:`forward_features`
+        when every stage ran).
         """
+        check_output_fmt(output_fmt)
         clip = x.dim() == 5
-        x = self.embed(x)
-        size, levels = list(self.tokens_spatial_shape), self.levels
+        take, max_index = feature_take_indices(len(self.stage_ends), indices)
+        last_stage = len(self.stage_ends) - 1
+        stages: list = []
+        self._blocks(self.embed(x), self.stage_ends[max_index] if stop_early else None, stages)
         out: list[torch.Tensor] = []
-        for i, block in enumerate(self.blocks):
-            if block.attn.q_stride > 1:
-                size = [n // s for n, s in zip(size, self.q_stride)]
-                levels -= 1
-            x = block(x)
-            if i in self.stage_ends:
-                tokens = self.norm(x) if norm and i == self.stage_ends[-1] else x
-                grid = reroll(tokens, size, self.q_stride, levels)
+        for j in take:
+            grid = self._grid(self.norm(stages[j]) if norm and j == last_stage else stages[j], j)
+            if output_fmt == "NLC":
+                out.append(grid_to_tokens(grid))
+            else:
                 out.append(grid.unsqueeze(2) if clip and grid.dim() == 4 else grid)
-        return out
+        if intermediates_only:
+            return out
+        return grid_to_tokens(self._grid(stages[-1], len(stages) - 1)), out
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (``head.fc``: ``nn.Linear``, or ``nn.Identity`` with 0 classes)."""
+        return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one of ``num_classes`` outputs (0: features only)."""
         self.num_classes = num_classes
         self.head.reset(num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of storing its activations (training memory).
+
+        Same outputs and gradients (the RNG state is replayed for drop-path); costs about one more forward.
+        """
+        self.grad_checkpointing = bool(enable)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that conventionally get no weight decay (position embeddings)."""

@@ -12,11 +12,12 @@ permute-and-copy (the main pooling cost in the reference implementations).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "PatchEmbed",
@@ -27,6 +28,10 @@ __all__ = [
     "grid_to_tokens",
     "conv_nd",
     "max_pool_nd",
+    "feature_take_indices",
+    "check_output_fmt",
+    "stage_feature_info",
+    "run_block",
 ]
 
 
@@ -128,3 +133,64 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# --------------------------------------------------------------------------- the model contract
+def feature_take_indices(num_stages: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """Which stages ``forward_intermediates`` returns (timm's rule): ``(sorted stage indices, the largest)``.
+
+    ``None``: every stage; an ``int`` ``n``: the last ``n`` stages; a sequence:
+    those stages, negative ones counted from the end (``-1`` is the last).
+    Out-of-range values are a ``ValueError`` naming the valid range.
+    """
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices}: take the last 1 to {num_stages} stages")
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = []
+        for i in indices:
+            idx = num_stages + int(i) if int(i) < 0 else int(i)
+            if not 0 <= idx < num_stages:
+                raise ValueError(f"stage index {i} is out of range for {num_stages} stages")
+            take.append(idx)
+        if not take:
+            raise ValueError("indices is empty: name at least one stage")
+        take = sorted(set(take))
+    return take, max(take)
+
+
+def check_output_fmt(output_fmt: str) -> str:
+    """Validate ``forward_intermediates``' ``output_fmt``: ``"NCTHW"`` (grids) or ``"NLC"`` (tokens)."""
+    if output_fmt not in ("NCTHW", "NLC"):
+        raise ValueError(f"output_fmt must be 'NCTHW' (feature maps) or 'NLC' (tokens), got {output_fmt!r}")
+    return output_fmt
+
+
+def stage_feature_info(stage_dims: Sequence[int], stage_ends: Sequence[int],
+                       strides: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    """timm-style ``feature_info``: one dict per stage.
+
+    ``num_chs`` (channels), ``reduction`` (spatial stride in pixels, as timm),
+    ``stride`` (``(t, h, w)`` stride of the stage's map in input frames/pixels;
+    image models report ``t = 1``) and ``module`` (the block whose output it is).
+    """
+    info = []
+    for dim, end, stride in zip(stage_dims, stage_ends, strides):
+        stride = (1,) * (3 - len(stride)) + tuple(int(s) for s in stride)
+        info.append(dict(num_chs=int(dim), reduction=stride[-1], module=f"blocks.{end}", stride=stride))
+    return info
+
+
+def run_block(block: nn.Module, use_checkpoint: bool, *args: Any, **kwargs: Any) -> Any:
+    """``block(*args, **kwargs)``, through ``torch.utils.checkpoint`` when ``use_checkpoint`` and autograd is on.
+
+    Checkpointing keeps only the block's input and recomputes its inside during
+    backward (less activation memory, about one more forward of compute); the
+    RNG state is replayed, so drop-path and dropout draw the same masks.
+    """
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False, **kwargs)
+    return block(*args, **kwargs)

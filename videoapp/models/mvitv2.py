@@ -35,8 +35,9 @@ reference on CPU while keeping float32 results equal to rounding:
 3. After pooling, the rest of a block (attention, projection, MLP, residuals)
    is independent per query row; in inference it runs over row chunks of a few
    MB, so the big intermediates (mask, MLP hidden) stay in cache and are never
-   allocated at full size. The last block computes only the cls row when only
-   the cls token is needed (``forward`` / ``forward_features``).
+   allocated at full size. In ``forward`` without autograd the last block
+   computes only the cls row, all the head reads (the result equals
+   ``forward_head(forward_features(x))``, which computes every row).
 
 Our state-dict keys are SlowFast's, except ``attn.q/k/v`` (split ``qkv``) and
 ``head.fc`` (``head.projection``); :data:`CONVERTERS` maps torchvision,
@@ -61,7 +62,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from videoapp.models.heads import ClassificationHead
-from videoapp.models.layers import DropPath, Mlp, PatchEmbed, conv_nd, grid_to_tokens, max_pool_nd, tokens_to_grid
+from videoapp.models.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    check_output_fmt,
+    conv_nd,
+    feature_take_indices,
+    grid_to_tokens,
+    max_pool_nd,
+    run_block,
+    stage_feature_info,
+    tokens_to_grid,
+)
 from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, register_model
 
 __all__ = [
@@ -551,6 +564,7 @@ class MViTv2(nn.Module):
         self.blocks = nn.ModuleList()
         self.stage_ends: list[int] = []
         self.stage_dims: list[int] = []
+        stride, stage_strides = list(patch_stride), []
         for i in range(depth):
             start = i in stage_starts
             stride_q = tuple(q_stride) if start else (1,) * len(q_stride)
@@ -558,6 +572,7 @@ class MViTv2(nn.Module):
             if start:
                 heads *= 2
                 kv_stride = [max(s // q, 1) for s, q in zip(kv_stride, stride_q)]
+                stride = [a * q for a, q in zip(stride, stride_q)]
             if dim_mul_in_att:
                 dim_out = dim * 2 if start else dim
             else:
@@ -574,7 +589,11 @@ class MViTv2(nn.Module):
             if (i + 1) in stage_starts or i == depth - 1:
                 self.stage_ends.append(i)
                 self.stage_dims.append(dim)
+                stage_strides.append(tuple(stride))
+        #: Per stage: ``num_chs``, ``reduction``, ``stride`` ``(t, h, w)``, ``module`` (see ``forward_intermediates``).
+        self.feature_info = stage_feature_info(self.stage_dims, self.stage_ends, stage_strides)
         self.num_features = dim
+        self.grad_checkpointing = False
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = ClassificationHead(dim, num_classes, head_dropout)
         self._init_weights()
@@ -591,7 +610,7 @@ class MViTv2(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # -- API ----------------------------------------------------------------
+    # -- API (timm's contract) ------------------------------------------------
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         if x.dim() == 4:
             x = x.unsqueeze(2)
@@ -604,54 +623,109 @@ class MViTv2(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat((cls, tokens), dim=1), thw
 
-    def _run(self, x: torch.Tensor, cls_only: bool, stages: list | None = None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, cls_only: bool, stages: list | None = None,
+             last_block: int | None = None) -> torch.Tensor:
+        """Stem and blocks ``0..last_block`` (default all): un-normed tokens ``[B, P+N, C]``.
+
+        ``cls_only``: the last block computes the cls row only (``[B, 1, C]``).
+        ``stages`` collects ``(tokens, thw)`` after each stage's last block.
+        """
         x, thw = self._embed(x)
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            x, thw = block(x, thw, cls_only=cls_only and i == last)
+        last = len(self.blocks) - 1 if last_block is None else last_block
+        for i, block in enumerate(self.blocks[:last + 1]):
+            x, thw = run_block(block, self.grad_checkpointing, x, thw, cls_only=cls_only and i == last)
             if stages is not None and i in self.stage_ends:
                 stages.append((x, thw))
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled embedding ``[B, num_features]``: the final-normed cls token, or the
-        mean of the final-normed tokens for a model without one."""
-        if self.cls_token is None:
-            return self.norm(self._run(x, cls_only=False)).mean(dim=1)
-        # Without autograd the last block computes the cls row only. With it, all
-        # rows run so every parameter gets a (zero) gradient, as DDP expects.
-        x = self._run(x, cls_only=not torch.is_grad_enabled())
-        return self.norm(x[:, 0])
+        """Final-normed tokens ``[B, P + T'*H'*W', num_features]``: the cls token first
+        (``P`` = 1) when the model has one, then the last stage's grid in ``t, h, w`` raster order."""
+        return self.norm(self._run(x, cls_only=False))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, num_features]`` -> logits ``[B, num_classes]`` (dropout + ``head.fc``)."""
-        return self.head(features)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens from :meth:`forward_features` -> logits ``[B, num_classes]``.
+
+        Pools the cls token (or, without one, the mean of the tokens) into
+        ``[B, num_features]``, returned as is with ``pre_logits``; otherwise
+        dropout + ``head.fc``.
+        """
+        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised clips ``[B, C, T, H, W]`` (or images ``[B, C, H, W]``) -> logits ``[B, num_classes]``."""
-        return self.head(self.forward_features(x))
+        """Normalised clips ``[B, C, T, H, W]`` (or images ``[B, C, H, W]``) -> logits ``[B, num_classes]``.
 
-    def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
-        """Feature maps after each stage: ``[B, C_i, T_i, H_i, W_i]``, cls token (if any) dropped.
-
-        ``C_i`` is ``stage_dims[i]``; the grid halves spatially per stage from
-        ``T/2 x H/4 x W/4``. With ``norm`` the last map goes through the final
-        LayerNorm (as SlowFast's detection head consumes it). The maps are
-        channels-last views of the token tensors (call ``.contiguous()`` if needed).
+        Equals ``forward_head(forward_features(x))``. Without autograd a
+        cls-token model lets the last block compute the cls row only (all the
+        head reads); with autograd every row runs so every parameter gets a
+        (zero) gradient, as DDP expects.
         """
+        if self.cls_token is not None and not torch.is_grad_enabled():
+            return self.forward_head(self.norm(self._run(x, cls_only=True)))
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCTHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Feature maps of the stages (timm's ``forward_intermediates``).
+
+        ``indices``: stages to return, ``None`` all, an ``int`` ``n`` the last
+        ``n``, a list the given ones (negative from the end). Maps are
+        ``[B, C_i, T_i, H_i, W_i]`` (``output_fmt="NCTHW"``, channels-last
+        views of the tokens: ``.contiguous()`` if needed) or tokens
+        ``[B, T_i*H_i*W_i, C_i]`` (``"NLC"``), cls token dropped; ``C_i`` and
+        the stride are ``feature_info[i]`` (``T_i = ceil(T / stride_t)``, alike
+        for H, W). A 4-D image gives ``T_i = 1``. ``norm`` applies the final
+        ``LayerNorm`` to the last stage's map (the only one it is sized for; as
+        SlowFast's detection head consumes it). ``stop_early`` skips the blocks
+        after the last requested stage.
+
+        Returns the maps with ``intermediates_only``, else ``(final, maps)``
+        where ``final`` is :meth:`forward_features`' output (un-normed tokens of
+        the last block run when ``stop_early`` ended before the last stage).
+        """
+        check_output_fmt(output_fmt)
+        take, max_index = feature_take_indices(len(self.stage_ends), indices)
+        last_stage = len(self.stage_ends) - 1
         stages: list = []
-        x = self._run(x, cls_only=False, stages=stages)
+        x = self._run(x, cls_only=False, stages=stages,
+                      last_block=self.stage_ends[max_index] if stop_early else None)
+        p = 0 if self.cls_token is None else 1
         out = []
-        for j, (tokens, thw) in enumerate(stages):
-            if norm and j == len(stages) - 1:
+        for j in take:
+            tokens, thw = stages[j]
+            if norm and j == last_stage:
                 tokens = self.norm(tokens)
-            out.append(tokens_to_grid(tokens[:, 0 if self.cls_token is None else 1:], thw))
-        return out
+            tokens = tokens[:, p:]
+            out.append(tokens_to_grid(tokens, thw) if output_fmt == "NCTHW" else tokens)
+        if intermediates_only:
+            return out
+        if len(stages) == len(self.stage_ends):
+            x = self.norm(x)
+        return x, out
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (``head.fc``: ``nn.Linear``, or ``nn.Identity`` with 0 classes)."""
+        return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one of ``num_classes`` outputs (0: features only)."""
         self.num_classes = num_classes
         self.head.reset(num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of storing its activations (training memory).
+
+        Same outputs and gradients (the RNG state is replayed for drop-path); costs about one more forward.
+        """
+        self.grad_checkpointing = bool(enable)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that conventionally get no weight decay (cls token, rel-pos tables)."""

@@ -9,6 +9,10 @@ identical frames gives exactly the image model's logits** on that frame:
   pooling convolutions) get the 2-D kernel in their middle time slice and zeros
   elsewhere ("centre-frame" init). With temporal padding ``k_t // 2`` every
   output frame then sees exactly one input frame through the image kernel;
+- a patch embedding whose temporal kernel equals its temporal stride (Twins'
+  stems: no temporal padding, so no tap is "the" frame) gets the 2-D kernel
+  divided by the time kernel in every slice: the average over the frames it
+  covers, which on identical frames is the image kernel's output;
 - temporal position terms (Hiera's ``pos_embed_temporal``, MViTv2's
   ``rel_pos_t``) start at zero, so no frame is told apart from another;
 - spatial position terms are interpolated only when the video model's token
@@ -44,6 +48,7 @@ __all__ = [
     "resize_pos_embed_2d",
     "hiera_rules",
     "mvitv2_rules",
+    "twins_rules",
     "RULES",
     "inflate_state_dict",
     "inflate_checkpoint",
@@ -55,7 +60,9 @@ class InflationReport:
     """What :func:`inflate_state_dict` did, key by key (video model names).
 
     ``copied``: same shape, copied; ``centre_frame``: 2-D kernels placed in the
-    middle time slice; ``zeroed``: temporal position terms set to zero;
+    middle time slice; ``averaged``: 2-D kernels spread evenly over time (a
+    temporal patch with kernel = stride, divided by its length); ``zeroed``:
+    temporal position terms set to zero;
     ``resized``: spatial position terms interpolated to another grid;
     ``fresh``: keys kept at the video model's own initialisation (a head of
     another class count); ``unused``: image keys that were not needed.
@@ -67,6 +74,7 @@ class InflationReport:
     copied: list[str] = field(default_factory=list)
     centre_frame: list[str] = field(default_factory=list)
     zeroed: list[str] = field(default_factory=list)
+    averaged: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
@@ -74,7 +82,8 @@ class InflationReport:
     def summary(self) -> str:
         """One line, e.g. ``"139 copied, 1 centre-frame, 1 zeroed, 0 resized, 0 fresh"``."""
         return (f"{len(self.copied)} copied, {len(self.centre_frame)} centre-frame, {len(self.zeroed)} zeroed, "
-                f"{len(self.resized)} resized, {len(self.fresh)} fresh")
+                f"{len(self.resized)} resized, {len(self.fresh)} fresh"
+                + (f", {len(self.averaged)} time-averaged" if self.averaged else ""))
 
 
 # --------------------------------------------------------------------------- tensor helpers
@@ -173,8 +182,37 @@ def mvitv2_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module
     return out, consumed
 
 
+def twins_rules(image_state: Mapping[str, torch.Tensor], video_model: nn.Module,
+                report: InflationReport) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Twins stems with a temporal patch ``t > 1`` (kernel = stride, ``(2, 4, 4)`` by default):
+    the image kernel / ``t`` in each of the ``t`` slices. Everything else is generic.
+
+    Identity on T identical frames (``T`` a multiple of the temporal strides
+    and, after the stem, of the LSA temporal window, as with the defaults):
+    every token frame of each stage equals the image's tokens (the averaged
+    stem sums ``t`` equal frames / ``t``; later stems have ``t = 1``; the PEG
+    ``(3, 3, 3)`` kernels and the GSA reduction ``(1, sr, sr)`` are
+    centre-frame); LSA windows hold ``t_w`` copies of the image window
+    (spatial zero padding included) and GSA keys are T copies of the image's,
+    which leaves the softmax-weighted sums unchanged; the mean over equal
+    frames is the image mean. Twins has no position tables to convert.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for i, embed in enumerate(video_model.patch_embeds):
+        conv = embed.proj
+        key = f"patch_embeds.{i}.proj.weight"
+        if not isinstance(conv, nn.Conv3d):
+            continue
+        t = conv.kernel_size[0]
+        if t > 1 and conv.stride[0] == t and key in image_state and image_state[key].dim() == 4:
+            weight = image_state[key]
+            out[key] = (weight / t).unsqueeze(2).expand(-1, -1, t, -1, -1).contiguous()
+            report.averaged.append(key)
+    return out, set(out)
+
+
 #: Family name (registry ``family``) -> its inflation rule.
-RULES: dict[str, Rule] = {"hiera": hiera_rules, "mvitv2": mvitv2_rules}
+RULES: dict[str, Rule] = {"hiera": hiera_rules, "mvitv2": mvitv2_rules, "twins": twins_rules}
 
 
 def _family_of(model: nn.Module) -> str:

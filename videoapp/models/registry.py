@@ -20,7 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Modules that register models on import; imported lazily on first registry use.
-_FAMILY_MODULES = ("videoapp.models.mvitv2", "videoapp.models.hiera")
+# The detectors come after the families: they look up their backbones' entries.
+_FAMILY_MODULES = ("videoapp.models.mvitv2", "videoapp.models.hiera", "videoapp.models.twins", "videoapp.models.detector")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_mvit.py
 	$(PY) benchmarks/bench_hiera.py
+	$(PY) benchmarks/bench_twins.py
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_onnx.py
 
 clean:
 	rm -rf $(VENV) out .bench .pytest_cache

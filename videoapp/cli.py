@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("clips", nargs="+", metavar="CLIP", help="video files (anything ffmpeg decodes: mp4, avi, mkv, webm, ...)")
-    p.add_argument("--weights", metavar="W", help="weights file: ours (.safetensors) or a reference checkpoint (then also --model)")
+    p.add_argument("--weights", metavar="W", help="weights file: ours (.safetensors), a reference checkpoint (then also --model), "
+                   "or a model from 'videoapp export' (.onnx, run by onnxruntime)")
     p.add_argument("--model", metavar="NAME", help="registry name (see 'videoapp models'); needed for reference checkpoints")
     p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to report (default 5)")
     p.add_argument("--window-s", type=_positive_float, metavar="S", help="timeline window length in seconds (default: one clip span)")
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--out", required=True, metavar="FILE", help="output .safetensors path")
     wf.set_defaults(func=cmd_weights_inflate)
     w.set_defaults(func=lambda args: _help_and_fail(w))
+    _add_eval_parser(sub)
+    _add_export_parser(sub)
+    _add_detect_parser(sub)
     _add_train_parser(sub)
     _add_serve_parser(sub)
     return parser
@@ -141,7 +145,8 @@ def _help_and_fail(parser: argparse.ArgumentParser) -> int:
 
 def _make_predictor(args: argparse.Namespace):
     from videoapp.engine.predict import Predictor
-    from videoapp.models.registry import create_model, get_model_entry
+    from videoapp.models.registry import get_model_entry
+    from videoapp.ui.catalog import untrained_model
     from videoapp.weights import default_weights
 
     weights = args.weights
@@ -157,8 +162,7 @@ def _make_predictor(args: argparse.Namespace):
             "(random weights: the predictions are meaningless)",
             file=sys.stderr,
         )
-        model = create_model(name, num_classes=10)
-        model.labels = [f"untrained_{i}" for i in range(10)]
+        model = untrained_model(name)  # the same seeded fallback as the UI's
         return Predictor(model, device=args.device, bf16=args.bf16, num_clips=args.num_clips, num_crops=args.crops, batch_size=args.batch_size)
     return Predictor(
         weights, model_name=args.model, device=args.device, bf16=args.bf16,
@@ -315,6 +319,323 @@ def cmd_weights_inflate(args: argparse.Namespace) -> int:
         f"{len(report.centre_frame)} centre-frame, {len(report.zeroed)} zeroed, {len(report.resized)} resized, "
         f"{len(report.fresh)} fresh)"
     )
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+EVAL_DATASETS = ("kinetics", "kinetics400", "kinetics600", "kinetics700", "ssv2", "folder", "path_list", "ava")
+
+
+def _add_eval_parser(sub) -> None:
+    e = sub.add_parser(
+        "eval",
+        help="accuracy of weights on Kinetics / SSv2 / your folders (multi-view), or AVA frame-mAP",
+        description=(
+            "Evaluate weights on a labelled video set with the standard multi-view test protocol (clips spread "
+            "over each video x spatial crops, softmax averaged). Writes a JSON report (top-1, top-5, mean class "
+            "accuracy, per-class accuracy, top confusions, throughput, weights SHA-256), a confusion-matrix PNG "
+            "and the per-video scores (JSONL, used by --resume) beside it. Missing and undecodable videos are "
+            "listed, never dropped silently. Runs unchanged under 'torchrun --nproc-per-node N -m videoapp eval ...' "
+            "(each process takes a shard; the report is the same). With --dataset ava it scores an AVA detections "
+            "CSV against the ground truth (frame-mAP@0.5) instead."
+        ),
+    )
+    e.add_argument("--dataset", required=True, choices=EVAL_DATASETS,
+                   help="annotation format: Kinetics CSV (kinetics400/600/700 also check the official class names), "
+                        "ssv2 (validation JSON), folder (one sub-folder per class), path_list ('<path> <label>' lines), "
+                        "or ava (detections vs ground truth)")
+    e.add_argument("--annotations", metavar="FILE",
+                   help="annotation file (Kinetics CSV, SSv2 validation.json, path list; AVA ground-truth CSV); "
+                        "not used with --dataset folder")
+    e.add_argument("--data-root", metavar="DIR",
+                   help="folder holding the videos (default: the annotation file's folder; the class folders for --dataset folder)")
+    e.add_argument("--labels", metavar="FILE",
+                   help="class names of the annotations: SSv2 labels.json or one name per line (default: the official "
+                        "SSv2 list for ssv2; the weights' labels for path_list)")
+    e.add_argument("--weights", metavar="W", help="weights: ours (.safetensors) or a reference checkpoint (then also --model)")
+    e.add_argument("--model", metavar="NAME", help="registry name, needed for reference checkpoints")
+    e.add_argument("--protocol", metavar="NAME",
+                   help="views preset: a name from configs/eval/ (kinetics_5x1, kinetics_5x3, kinetics_hiera_5x3, "
+                        "ssv2_1x3) or a YAML path (default: ssv2_1x3 for ssv2, kinetics_5x1 otherwise)")
+    e.add_argument("--clips", dest="num_clips", type=_positive_int, metavar="N", help="override the preset's clips per video")
+    e.add_argument("--crops", type=int, choices=(1, 3), help="override the preset's spatial crops per clip")
+    e.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="views of one video per forward pass (default 8; videos are never mixed in a batch, "
+                        "so a video's scores do not depend on the sharding)")
+    e.add_argument("--workers", type=int, metavar="K",
+                   help="decoding worker processes per process (default: half the CPU cores, at least 1; 0 decodes "
+                        "in the main process)")
+    e.add_argument("--out", metavar="FILE",
+                   help="report JSON (default eval_report.json; with ava only written when given); the confusion "
+                        "matrix PNG and the per-video scores JSONL go beside it")
+    e.add_argument("--resume", action="store_true", help="continue a killed run: skip the videos already in the scores JSONL")
+    e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N videos found (a quick check)")
+    e.add_argument("--strict", action="store_true", help="a missing or undecodable video is an error (exit 2)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process its local GPU) (default cpu)")
+    e.add_argument("--bf16", action="store_true", help="bf16 autocast (about 2x faster on CPUs with AVX-512 bf16 / AMX and GPUs)")
+    e.add_argument("--detections", metavar="CSV", help="ava: detections CSV (video_id,timestamp,x1,y1,x2,y2,action_id,score)")
+    e.add_argument("--label-map", metavar="PBTXT", help="ava: label map (.pbtxt) of the evaluated actions")
+    e.add_argument("--exclusions", metavar="CSV", help="ava: excluded keyframes CSV (video_id,timestamp)")
+    e.set_defaults(func=cmd_eval)
+
+
+def _need_file(path: str | None, option: str, dataset: str) -> str:
+    if not path:
+        raise UsageError(f"--dataset {dataset} needs {option}")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file ({option})")
+    return path
+
+
+def _eval_ava(args: argparse.Namespace) -> int:
+    gt = _need_file(args.annotations, "--annotations GT.csv", "ava")
+    dets = _need_file(args.detections, "--detections DETS.csv", "ava")
+    label_map = _need_file(args.label_map, "--label-map MAP.pbtxt", "ava")
+    exclusions = _need_file(args.exclusions, "--exclusions EX.csv", "ava") if args.exclusions else None
+    from videoapp.engine.ava_metrics import evaluate_ava, format_ava_table
+
+    report = evaluate_ava(gt, dets, label_map, exclusions=exclusions)
+    if args.out is not None:
+        _write_output(json.dumps(report, indent=2) + "\n", args.out)
+    table = format_ava_table(report)
+    sys.stdout.write(table if table.endswith("\n") else table + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``videoapp eval``: see ``_add_eval_parser``."""
+    if args.dataset == "ava":
+        return _eval_ava(args)
+    from videoapp.engine.evaluate import EvalError, evaluate, format_report
+
+    if args.dataset != "folder" and not args.annotations:
+        raise UsageError(f"--dataset {args.dataset} needs --annotations FILE")
+    out = Path(args.out or "eval_report.json")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory")
+    if not out.parent.exists():
+        raise UsageError(f"{out}: folder {out.parent} does not exist")
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise UsageError(f"{args.weights}: no such weights file")
+    if args.weights is None:
+        raise UsageError("--weights W is needed (the weights to evaluate)")
+    try:
+        result = evaluate(
+            dataset=args.dataset, annotations=args.annotations, data_root=args.data_root, labels=args.labels,
+            weights=args.weights, model_name=args.model, protocol=args.protocol, num_clips=args.num_clips,
+            num_crops=args.crops, batch_size=args.batch_size, workers=args.workers, out=out, resume=args.resume,
+            limit=args.limit, strict=args.strict, device=args.device, bf16=args.bf16,
+        )
+    except EvalError as exc:
+        raise UsageError(str(exc)) from None
+    if result.report is None:  # ranks other than 0
+        return 0
+    sys.stdout.write(format_report(result.report, out))
+    if result.problems:
+        print(f"{PROG}: {'error' if args.strict else 'warning'}: {result.problems_line}", file=sys.stderr)
+        if args.strict:
+            return 2
+    return 0
+
+
+# ---------------------------------------------------------------- detect
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _add_detect_parser(sub) -> None:
+    d = sub.add_parser(
+        "detect",
+        help="per-person actions at keyframes (AVA-style): person boxes from a file or a person detector",
+        description=(
+            "Detect actions per person, as in AVA: for each keyframe a clip centred on it goes through an action "
+            "detector (a *_ava model) that scores every person box for every action (multi-label). Person boxes "
+            "come from --boxes (AVA CSV or JSON; keyframes and boxes used exactly as written) or from --detector "
+            "(OpenCV's HOG people detector, offline but weak, or a torchvision detection model with your weights "
+            "file) on keyframes every 1/--keyframe-fps s. Boxes are linked across keyframes into person ids. "
+            "Output: the official AVA detection CSV (video_id,timestamp,x1,y1,x2,y2,action_id,score; coordinates "
+            "in [0, 1]), one row per box and action scoring at least --threshold, or JSON."
+        ),
+    )
+    d.add_argument("clips", nargs="+", metavar="CLIP", help="video files; the file name without extension is the AVA video_id")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--boxes", metavar="FILE",
+                     help="person boxes: AVA CSV (video_id,timestamp,x1,y1,x2,y2[,action_id[,person_id|score[,score]]]) "
+                          "or JSON (.json)")
+    src.add_argument("--detector", metavar="SPEC",
+                     help="find people on keyframes: 'hog' (OpenCV, no download; upright people >= 128 px tall) or "
+                          "'torchvision:NAME' (e.g. torchvision:fasterrcnn_resnet50_fpn_v2, with --detector-weights)")
+    d.add_argument("--detector-weights", metavar="W", help="weights file of the torchvision detector (never downloaded)")
+    d.add_argument("--weights", metavar="W", help="action detector weights (.safetensors with task: detection)")
+    d.add_argument("--model", metavar="NAME", help="registry name (e.g. mvitv2_s_16x4_ava) for weights without our metadata")
+    d.add_argument("--keyframe-fps", type=_positive_float, default=1.0, metavar="F",
+                   help="keyframes per second for --detector (default 1, as AVA)")
+    d.add_argument("--threshold", type=_finite_float, default=0.0, metavar="T",
+                   help="report actions scoring at least T (default 0: every action of every box, what the AVA "
+                        "evaluation expects; e.g. 0.5 for a readable list)")
+    d.add_argument("--box-threshold", type=_finite_float, default=0.8, metavar="T",
+                   help="drop person boxes whose score is below T (default 0.8, as SlowFast; boxes without a score "
+                        "are kept; HOG scores are SVM margins, about 0-3)")
+    d.add_argument("--time-offset", type=_finite_float, default=0.0, metavar="S",
+                   help="seconds subtracted from --boxes timestamps to get the video time (900 for AVA's "
+                        "trimmed 15-minute clips; default 0)")
+    d.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    d.add_argument("--person-ids", action="store_true", help="csv: add person_id before the score (9 columns)")
+    d.add_argument("--out", metavar="FILE", help="write the result to FILE instead of standard output")
+    d.add_argument("--overlay", metavar="MP4",
+                   help="also write the video with boxes, person ids and the top 3 actions scoring at least "
+                        "max(T, 0.5) drawn (H.264 .mp4); with several clips a folder (one <name>_overlay.mp4 each)")
+    d.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    d.add_argument("--bf16", action="store_true", help="bf16 autocast: about 2x faster on recent CPUs and GPUs")
+    d.add_argument("--batch-size", type=_positive_int, default=4, metavar="N", help="keyframe clips per forward pass (default 4)")
+    d.add_argument("-v", "--verbose", action="store_true", help="log decoding backend and model details to stderr")
+    d.set_defaults(func=cmd_detect)
+
+
+def _overlay_path(overlay: str, clip: str, several: bool) -> Path:
+    if several:
+        return Path(overlay) / f"{Path(clip).stem}_overlay.mp4"
+    return Path(overlay)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """``videoapp detect``: see ``_add_detect_parser``."""
+    from videoapp.data.ava import write_ava_csv, write_boxes_json
+    from videoapp.data.video import VideoError
+    from videoapp.engine.detect import (
+        DetectError,
+        DetectionPredictor,
+        default_detector_weights,
+        make_person_detector,
+        read_person_boxes,
+        write_overlay,
+    )
+
+    if args.boxes is None and args.detector is None:
+        raise UsageError("person boxes are needed: --boxes FILE or --detector hog|torchvision:NAME")
+    if args.detector_weights is not None and args.detector is None:
+        raise UsageError("--detector-weights goes with --detector torchvision:NAME")
+    if args.boxes is not None and not Path(args.boxes).is_file():
+        raise UsageError(f"{args.boxes}: no such box file")
+    several = len(args.clips) > 1
+    if args.overlay is not None:
+        target = Path(args.overlay)
+        if several and not target.is_dir():
+            raise UsageError(f"--overlay {args.overlay}: with several clips give an existing folder")
+        if not several and (target.is_dir() or not target.parent.exists()):
+            raise UsageError(f"--overlay {args.overlay}: not a file path in an existing folder")
+    weights = args.weights
+    if weights is not None and not Path(weights).is_file():
+        raise UsageError(f"{weights}: no such weights file")
+    if weights is None:
+        weights = default_detector_weights()
+    if weights is None:
+        raise UsageError("no detector weights ship yet: pass --weights W (detection weights of a *_ava model, "
+                         "e.g. from 'videoapp train')")
+    predictor = DetectionPredictor(weights, model_name=args.model, device=args.device, bf16=args.bf16,
+                                   batch_size=args.batch_size)
+    if args.verbose:
+        print(f"{PROG}: model {predictor.model_name}, {predictor.num_frames}x{predictor.sampling_rate} frames, "
+              f"{len(predictor.labels)} actions", file=sys.stderr)
+    rows = read_person_boxes(args.boxes) if args.boxes is not None else None
+    person_detector = make_person_detector(args.detector, args.detector_weights, args.device) if rows is None else None
+    results, failed = [], 0
+    for clip in args.clips:
+        try:
+            det = predictor.detect(clip, rows, person_detector, keyframe_fps=args.keyframe_fps,
+                                   box_threshold=args.box_threshold, time_offset=args.time_offset)
+            if args.overlay is not None:
+                write_overlay(_overlay_path(args.overlay, clip, several), det, threshold=max(args.threshold, 0.5),
+                              keyframe_fps=args.keyframe_fps if rows is None else 1.0,
+                              time_offset=args.time_offset if rows is not None else 0.0)
+        except (VideoError, DetectError) as exc:
+            failed += 1
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            continue
+        results.append(det)
+    buf = io.StringIO()
+    if args.format == "csv":
+        write_ava_csv(buf, [r for det in results for r in det.rows(args.threshold)], person_ids=args.person_ids)
+    else:
+        label_map = results[0].label_map() if results else {}
+        # Box rows first so every box is listed, with its detector score, even without actions above T.
+        write_boxes_json(buf, [r for det in results for r in det.box_rows() + det.rows(args.threshold)],
+                         label_map=label_map)
+    _write_output(buf.getvalue(), args.out)
+    return 2 if failed else 0
+
+
+# ---------------------------------------------------------------- export
+
+
+def _add_export_parser(sub) -> None:
+    x = sub.add_parser(
+        "export",
+        help="export weights to ONNX, for onnxruntime or 'videoapp predict --weights model.onnx'",
+        description=(
+            "Export a model and its weights to ONNX: one input 'clip' float32 [B, 3, T, S, S] (normalised RGB), "
+            "one output 'logits' [B, classes]. The file's metadata holds the labels and the clip protocol "
+            "(frames, frame stride, crop, mean/std, channel order, sampling), so 'videoapp predict --weights "
+            "model.onnx' samples and preprocesses as with the weights, through onnxruntime. Every export is "
+            "checked with onnx.checker and run in onnxruntime against PyTorch (max |logit difference| <= "
+            "1e-4 x max |logit|, or no file is written)."
+        ),
+    )
+    x.add_argument("weights", metavar="WEIGHTS", help="weights file: ours (.safetensors) or a reference checkpoint (then also --model)")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
+    x.add_argument("--out", metavar="FILE", help="output file (default: the weights' name with .onnx, in the current folder)")
+    x.add_argument("--model", metavar="NAME", help="registry name (see 'videoapp models'); needed for reference checkpoints")
+    x.add_argument("--frames", type=_positive_int, metavar="T", help="frames per clip of the exported graph (default: the weights')")
+    x.add_argument("--crop", type=_positive_int, metavar="S", help="crop size in pixels of the exported graph (default: the weights'; "
+                   "Hiera takes only its own size)")
+    x.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batch 1; predict handles both)")
+    x.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
+                   help="torch.onnx exporter: TorchScript tracing (fast), torch.export (slow, symbolic batch), or auto: "
+                        "tracing, then torch.export if a traced dynamic batch fails the check (default auto)")
+    x.add_argument("--opset", type=_positive_int, metavar="N", help="ONNX opset (default 18)")
+    x.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``videoapp export``: see ``_add_export_parser``."""
+    from videoapp.engine.predict import resolve_weights_model
+    from videoapp.models.export import DEFAULT_OPSET, export_onnx
+    from videoapp.models.registry import create_model
+    from videoapp.weights import read_metadata
+
+    src = Path(args.weights)
+    if not src.is_file():
+        raise UsageError(f"{args.weights}: no such weights file")
+    if src.suffix.lower() == ".onnx":
+        raise UsageError(f"{args.weights}: already an ONNX model")
+    out = Path(args.out) if args.out else Path(src.stem + ".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"{out}: the output must end in .onnx")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: folder {out.parent} does not exist")
+    name = resolve_weights_model(src, args.model)
+    model = create_model(name, pretrained=str(src))
+    extra: dict[str, Any] = {"weights": src.name}
+    if src.suffix == ".safetensors":
+        meta = read_metadata(src)
+        extra.update({k: meta[k] for k in ("source", "metrics") if k in meta})
+    if sys.stderr.isatty():
+        print(f"{PROG}: exporting {name} (large models take a minute or more)...", file=sys.stderr, flush=True)
+    report = export_onnx(model, out, num_frames=args.frames, crop_size=args.crop, dynamic_batch=args.dynamic_batch,
+                         exporter=args.exporter, opset=args.opset or DEFAULT_OPSET, metadata=extra)
+    shape = ["B" if d < 0 else str(d) for d in report.input_shape]
+    print(f"wrote {out} ({name}, {report.num_classes} classes, input [{', '.join(shape)}], {report.exporter} exporter, "
+          f"opset {report.opset}; onnxruntime vs PyTorch: max |Δlogit| = {report.relative_diff:.1e} x max |logit|)")
     return 0
 
 

@@ -83,6 +83,89 @@ def _top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[LabelScore]
     return [LabelScore(labels[i], round(float(probs[i]), 6)) for i in order]
 
 
+class ViewSampler:
+    """Which frames and crops make up the whole-video views, and their preprocessing.
+
+    The one sampling/preprocessing path of ``predict`` and ``eval`` (so both give
+    the same per-video scores with the same views). ``data_config`` is the
+    weights' ``data_config`` (``num_frames``, ``sampling_rate``, ``crop_size``,
+    ``mean``, ``std``, optional ``channel_order`` and ``sampling``);
+    ``sampling`` overrides the weights' (``"rate"``: ``num_clips`` clips spread
+    over the video, PySlowFast's multi-view test, ``use_offset`` its
+    ``USE_OFFSET_SAMPLING``; ``"uniform"``: one clip of segment centres over the
+    whole video, SSv2). Holds no model, so it pickles into DataLoader workers.
+    """
+
+    def __init__(self, data_config: dict[str, Any], num_clips: int = 5, num_crops: int = 1,
+                 sampling: str | None = None, use_offset: bool = False) -> None:
+        self.num_frames = int(data_config["num_frames"])
+        self.sampling_rate = int(data_config["sampling_rate"])
+        self.sampling = sampling or data_config.get("sampling", "rate")
+        if self.sampling not in ("rate", "uniform"):
+            raise ValueError(f"sampling must be 'rate' or 'uniform', got {self.sampling!r}")
+        self.num_clips = max(1, int(num_clips))
+        self.num_crops = int(num_crops)
+        self.use_offset = bool(use_offset)
+        self.transform = ClipTransform(
+            crop_size=int(data_config["crop_size"]),
+            mean=data_config["mean"],
+            std=data_config["std"],
+            num_crops=self.num_crops,
+            channel_order=data_config.get("channel_order", "rgb"),
+        )
+
+    def indices(self, num_video_frames: int) -> list[np.ndarray]:
+        """Frame indices ``np.int64 [num_frames]`` of each view (duplicates of short videos removed)."""
+        if self.sampling == "uniform":
+            return [uniform_indices(num_video_frames, self.num_frames)]
+        views = multiview_indices(num_video_frames, self.num_frames, self.sampling_rate, self.num_clips,
+                                  use_offset=self.use_offset)
+        unique: dict[bytes, np.ndarray] = {}
+        for v in views:
+            unique.setdefault(np.asarray(v).tobytes(), np.asarray(v))
+        return list(unique.values())
+
+    def clips(self, reader: VideoReader) -> list[np.ndarray]:
+        """The uint8 clips ``[T, H, W, 3]`` of every view, each needed frame decoded once."""
+        views = self.indices(reader.info.num_frames)
+        frames_needed = np.unique(np.concatenate(views))
+        frames = reader.get_frames(frames_needed)
+        pos = {int(f): i for i, f in enumerate(frames_needed)}
+        return [frames[[pos[int(i)] for i in v]] for v in views]
+
+
+# A clip goes through the transform a few frames at a time: as float32 a 1080p
+# frame is 25 MB, so a 16-frame clip would need 400 MB at once (most of a long
+# 1080p timeline's peak). Resize, crop and normalisation treat every frame on
+# its own, so the chunks give exactly the same tensor.
+_TRANSFORM_CHUNK_BYTES = 32 * 2**20
+
+
+def transform_in_chunks(transform: ClipTransform, clip: np.ndarray) -> torch.Tensor:
+    """``transform(clip)`` for uint8 ``clip`` ``[T, H, W, 3]``, computed over chunks of frames.
+
+    Returns the same float32 ``[num_crops, C, T, crop, crop]`` tensor, while
+    holding at most ~32 MB of full-size float frames at a time.
+    """
+    t, h, w = clip.shape[:3]
+    step = max(1, _TRANSFORM_CHUNK_BYTES // max(1, h * w * 3 * 4))
+    if step >= t:
+        return transform(clip)
+    return torch.cat([transform(clip[i:i + step]) for i in range(0, t, step)], dim=2)
+
+
+def view_probs(model: nn.Module, x: torch.Tensor, num_crops: int, bf16: bool = False) -> torch.Tensor:
+    """Softmax over classes of ``x`` ``[n * num_crops, C, T, H, W]`` (on the model's device), crops averaged.
+
+    Returns float32 ``[n, num_classes]``: the probabilities of n views. Runs
+    under bf16 autocast when ``bf16``; the softmax is always fp32.
+    """
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        logits = model(x)
+    return logits.float().softmax(-1).view(-1, num_crops, logits.shape[-1]).mean(1)
+
+
 def resolve_weights_model(weights: str | os.PathLike, model_name: str | None = None) -> str:
     """The registry name a weights file is for: from its metadata, else ``model_name``."""
     from videoapp.weights import CheckpointError, read_metadata
@@ -125,22 +208,22 @@ class Predictor:
             raise ValueError("--device cuda requested but no CUDA device is available")
         if isinstance(model_or_weights, nn.Module):
             model = model_or_weights
+        elif Path(model_or_weights).suffix.lower() == ".onnx":
+            from videoapp.models.export import OnnxModel
+
+            # An exported model (``videoapp export``): onnxruntime, protocol from the file's metadata.
+            model = OnnxModel(model_or_weights)
         else:
             name = resolve_weights_model(model_or_weights, model_name)
             model = create_model(name, pretrained=str(model_or_weights))
         self.model = model.eval().to(device)
         self.model_name = getattr(model, "model_name", type(model).__name__)
         data = dict(getattr(model, "data_config", None) or get_model_entry(self.model_name).data)
-        self.num_frames = int(data["num_frames"])
-        self.sampling_rate = int(data["sampling_rate"])
-        self.sampling = data.get("sampling", "rate")
-        self.transform = ClipTransform(
-            crop_size=int(data["crop_size"]),
-            mean=data["mean"],
-            std=data["std"],
-            num_crops=num_crops,
-            channel_order=data.get("channel_order", "rgb"),
-        )
+        self.view_sampler = ViewSampler(data, num_clips=num_clips, num_crops=num_crops)
+        self.num_frames = self.view_sampler.num_frames
+        self.sampling_rate = self.view_sampler.sampling_rate
+        self.sampling = self.view_sampler.sampling
+        self.transform = self.view_sampler.transform
         num_classes = self._num_classes()
         labels = getattr(model, "labels", None)
         self.labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
@@ -155,6 +238,8 @@ class Predictor:
         fc = getattr(head, "fc", None)
         if isinstance(fc, nn.Linear):
             return fc.out_features
+        if head is None and isinstance(getattr(self.model, "num_classes", None), int):
+            return self.model.num_classes  # a stand-in without modules, e.g. an ONNX model
         raise ValueError(f"{self.model_name} has no classifier head")
 
     @property
@@ -170,17 +255,11 @@ class Predictor:
 
         def flush() -> None:
             x = torch.cat(batch).to(self.device)  # [n * crops, C, T, H, W]
-            autocast = (
-                torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-            )
-            with autocast:
-                logits = self.model(x)
-            probs = logits.float().softmax(-1).view(-1, self.num_crops, logits.shape[-1]).mean(1)
-            out.append(probs.cpu().numpy())
+            out.append(view_probs(self.model, x, self.num_crops, self.bf16).cpu().numpy())
             batch.clear()
 
         for clip in clips:
-            batch.append(self.transform(clip))
+            batch.append(transform_in_chunks(self.transform, clip))
             if len(batch) == self.batch_size:
                 flush()
         if batch:
@@ -189,13 +268,7 @@ class Predictor:
 
     def clip_indices(self, num_video_frames: int) -> list[np.ndarray]:
         """Frame indices of the whole-video views (duplicates of short videos removed)."""
-        if self.sampling == "uniform":
-            return [uniform_indices(num_video_frames, self.num_frames)]
-        views = multiview_indices(num_video_frames, self.num_frames, self.sampling_rate, self.num_clips)
-        unique: dict[bytes, np.ndarray] = {}
-        for v in views:
-            unique.setdefault(np.asarray(v).tobytes(), np.asarray(v))
-        return list(unique.values())
+        return self.view_sampler.indices(num_video_frames)
 
     def windows(self, num_video_frames: int, fps: float, window_s: float, stride_s: float) -> list[Window]:
         """Timeline windows of ``window_s`` seconds every ``stride_s`` seconds.
@@ -237,16 +310,12 @@ class Predictor:
             info = reader.info
             n = info.num_frames
             if window is None and stride is None:
-                views = self.clip_indices(n)
-                frames_needed = np.unique(np.concatenate(views))
-                frames = reader.get_frames(frames_needed)
-                pos = {int(f): i for i, f in enumerate(frames_needed)}
-                clips = (frames[[pos[int(i)] for i in v]] for v in views)
+                clips = self.view_sampler.clips(reader)
                 probs = self.scores(clips)
                 mean = probs.mean(0)
                 return Prediction(
                     video=str(path), model=self.model_name, duration_s=round(info.duration_s, 3),
-                    top_k=_top_k(mean, self.labels, top_k), views=len(views) * self.num_crops, scores=mean,
+                    top_k=_top_k(mean, self.labels, top_k), views=len(clips) * self.num_crops, scores=mean,
                 )
             if window is None:
                 window = max(stride, self.clip_span / info.fps)  # type: ignore[arg-type]
@@ -273,4 +342,5 @@ class Predictor:
         )
 
 
-__all__ = ["Predictor", "Prediction", "LabelScore", "WindowPrediction", "VideoError", "resolve_weights_model"]
+__all__ = ["Predictor", "Prediction", "LabelScore", "WindowPrediction", "VideoError", "resolve_weights_model",
+           "ViewSampler", "view_probs"]

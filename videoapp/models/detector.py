@@ -11,7 +11,7 @@ model contract (``forward_intermediates``, ``num_features``,
 State-dict keys are ``backbone.*`` (the backbone without its classifier) and
 ``head.fc.*`` (the action classifier), so ``head.fc.weight.shape[0]`` is the
 action count, as for classifiers, and our weights files load through
-:func:`videoapp.weights.import_checkpoint` unchanged. Weights metadata carries
+:func:`videoapp.models.pretrained.import_checkpoint` unchanged. Weights metadata carries
 ``task: "detection"`` (from the registry entry) and ``labels`` (action names,
 indexed like the head's outputs; head output ``i`` is AVA action id ``i + 1``,
 the 1-based ids of the 80-action list that SlowFast's heads predict).
@@ -25,8 +25,11 @@ Registered variants (clip protocol in the registry entry):
   dropout 0.5, 80 actions, keyframe-centred clips, short side 224 at test time).
 - ``hiera_base_16x224_ava``: Hiera-B 16x4 at 224 px (its Kinetics protocol;
   Hiera's input size is fixed, so frames are resized to 224 x 224).
-- ``mvitv2_xxs_8x64_ava``, ``hiera_xxs_8x64_ava``: 8 frames every 8th at
-  64 px (tests, small shipped models).
+- ``twins_svt_s_16x224_ava``: Twins-SVT-S 16x4, 224 px short side (the video
+  Twins protocol; Twins takes any input size, its positions come from PEG
+  convolutions, so the frames keep their aspect ratio as for MViTv2).
+- ``mvitv2_xxs_8x64_ava``, ``hiera_xxs_8x64_ava``, ``twins_svt_xxs_8x64_ava``:
+  8 frames every 8th at 64 px (tests, small shipped models).
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ import torch
 import torch.nn as nn
 
 from videoapp.models.heads import AVAHead
-from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, get_model_entry, register_model
+from videoapp.models.registry import (
+    IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, get_model_entry, register_converters, register_model,
+)
 
 __all__ = [
     "ActionDetector",
@@ -48,8 +53,10 @@ __all__ = [
     "mvitv2_s_16x4_ava",
     "mvitv2_b_32x3_ava",
     "hiera_base_16x224_ava",
+    "twins_svt_s_16x224_ava",
     "mvitv2_xxs_8x64_ava",
     "hiera_xxs_8x64_ava",
+    "twins_svt_xxs_8x64_ava",
 ]
 
 #: Outputs of an AVA head (the AVA v2.x action list; 60 of them are evaluated).
@@ -135,12 +142,13 @@ class ActionDetector(nn.Module):
 def load_backbone_weights(detector: ActionDetector, path: str, source: str = "auto") -> list[str]:
     """Initialise ``detector.backbone`` from a classifier checkpoint of its backbone (e.g. Kinetics weights).
 
-    The checkpoint is read with :func:`videoapp.weights.import_checkpoint` for
+    The checkpoint is read with :func:`videoapp.models.pretrained.import_checkpoint` for
     the backbone's registry name (any format it understands); its classifier is
     dropped. Returns the notes of the import. Raises ``CheckpointError`` when
     the weights do not fit the backbone.
     """
-    from videoapp.weights import CheckpointError, import_checkpoint
+    from videoapp.models.pretrained import import_checkpoint
+    from videoapp.weights import CheckpointError
 
     if detector.backbone_name is None:
         raise CheckpointError("the detector does not know its backbone's registry name")
@@ -158,7 +166,7 @@ def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-#: Checkpoint format -> converter (used by ``videoapp.weights.import_checkpoint``). Detectors are
+#: Checkpoint format -> converter (read by :func:`videoapp.models.pretrained.import_checkpoint`). Detectors are
 #: saved in our format only; a backbone's own checkpoints go through :func:`load_backbone_weights`.
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {"videoapp": _identity}
 
@@ -169,6 +177,10 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:
     if "head.fc.weight" in keys and any(k.startswith("backbone.") for k in keys):
         return "videoapp"
     return None
+
+
+# The pretrained layer (models/pretrained.py) finds the converters here, by registry entry.
+register_converters(__name__, detect_source=detect_source, convert=CONVERTERS)
 
 
 # --------------------------------------------------------------------------- variants
@@ -206,6 +218,12 @@ def hiera_base_16x224_ava(**kwargs: Any) -> ActionDetector:
     return _build("hiera_base_16x224", kwargs)
 
 
+@_detector("twins_svt_s_16x224", num_frames=16, sampling_rate=4, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def twins_svt_s_16x224_ava(**kwargs: Any) -> ActionDetector:
+    """Twins-SVT-S 16x4 AVA detector, 224 px short side: RoIAlign head on the last stage, 80 actions."""
+    return _build("twins_svt_s_16x224", kwargs)
+
+
 @_detector("mvitv2_xxs_8x64", num_frames=8, sampling_rate=8, crop_size=64, mean=KINETICS_MEAN, std=KINETICS_STD)
 def mvitv2_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """MViTv2-XXS 8x8 detector, 64 px short side (tests, small models): 80 actions by default."""
@@ -216,3 +234,9 @@ def mvitv2_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
 def hiera_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """Hiera-XXS 8x8 detector, 64 x 64 px (tests, small models): 80 actions by default."""
     return _build("hiera_xxs_8x64", kwargs)
+
+
+@_detector("twins_svt_xxs_8x64", num_frames=8, sampling_rate=8, crop_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def twins_svt_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
+    """Twins-SVT-XXS 8x8 detector, 64 px short side (tests, small models): 80 actions by default."""
+    return _build("twins_svt_xxs_8x64", kwargs)

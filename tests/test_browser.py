@@ -8,7 +8,9 @@ exports the Kinetics CSV on the Dataset page and checks the downloaded file.
 Then the Predict and Label pages under natural use, on the same server: drop
 then click at once, click twice, drop two clips at once, upload while the
 server works, change the model, reload in the middle; no error toast, and the
-SQLite store holds each clip once.
+SQLite store holds each clip once. Then the Detect page (upload, box file, detector weights, keyframes, overlay,
+the AVA CSV, checked against a direct DetectionPredictor call) and a person box drawn with the mouse on the Label
+page, saved and exported as AVA CSV.
 Screenshots are taken on every run; they replace the README's PNGs in
 ``docs/screenshots/`` only with ``VIDEOAPP_UPDATE_SCREENSHOTS=1`` (so a test
 run never dirties the work tree), otherwise they go to a temporary folder.
@@ -430,4 +432,124 @@ def test_label_page_upload_natural_use(server, flow_clips, tmp_path):
         finally:
             ctx.close()
     assert _stored(server["data_dir"]) == sorted(before + [f"{x}.mp4" for x in "efghij"])
+    assert "Traceback" not in server["served"].log_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Detect page: upload a clip, a box file and detector weights (no detector ships in the test), detect, see the
+# keyframes and the overlay, and download the AVA CSV: exactly the rows a direct DetectionPredictor call gives.
+DETECT_BOXES = "people,1,0.1,0.2,0.5,0.9,-1,0.95\npeople,2,0.2,0.1,0.7,0.95,-1,0.99\npeople,2,0.6,0.3,0.9,0.8,-1,0.9\n"
+
+
+def test_detect_page_with_a_box_file_in_chromium(server, tmp_path):
+    import io
+
+    import torch
+
+    from videoapp.data.ava import write_ava_csv
+    from videoapp.engine.detect import DetectionPredictor, read_person_boxes
+    from videoapp.models import create_model
+    from videoapp.weights import save_weights
+    from videos import write_test_video
+
+    torch.manual_seed(0)
+    model = create_model("mvitv2_xxs_8x64_ava", num_classes=3)
+    weights = save_weights(tmp_path / "tiny_detector.safetensors", model.state_dict(),
+                           {"model": "mvitv2_xxs_8x64_ava", **model.data_config, "labels": ["stand", "walk", "wave"]})
+    clip = write_test_video(tmp_path / "people.mp4", num_frames=75, fps=25, width=160, height=120)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(DETECT_BOXES)
+    expected = io.StringIO()
+    write_ava_csv(expected, DetectionPredictor(weights).detect(clip, boxes=read_person_boxes(boxes),
+                                                               progress=False).rows(0.0))
+    with sync_playwright() as p:
+        ctx = _launch(p, tmp_path)
+        try:
+            page = _open_page(ctx, server["url"])
+            page.get_by_role("tab", name="Detect").click()
+            page.wait_for_selector("#det-upload input[type=file]", state="attached", timeout=STEP_MS)
+            assert ("Detector weights needed" in page.inner_text("#det-weights-notice")
+                    or "shipped" in page.inner_text("#det-weights-notice"))
+            page.set_input_files("#det-upload input[type=file]", str(clip))
+            _wait_text(page, "#det-status", "Added people.mp4")
+            page.set_input_files("#det-boxes input[type=file]", str(boxes))
+            _wait_text(page, "#det-boxes", "boxes.csv")
+            page.set_input_files("#det-weights input[type=file]", str(weights))
+            _wait_text(page, "#det-weights", "tiny_detector.safetensors")
+            _settle(page)
+            page.click("#det-btn")
+            status = _wait_text(page, "#det-status", "rows in the CSV")
+            assert "2 keyframes, 3 boxes" in status, status
+            page.wait_for_function("() => document.querySelectorAll('#det-gallery img').length >= 2",
+                                   timeout=STEP_MS)
+            page.wait_for_selector("#det-video video", timeout=STEP_MS)
+            with page.expect_download(timeout=STEP_MS) as dl:
+                page.click("#det-csv a")
+            assert Path(dl.value.path()).read_text() == expected.getvalue()
+            assert _toasts(page) == []
+            _shot(page, "detect.png")
+        finally:
+            ctx.close()
+    assert "Traceback" not in server["served"].log_text()
+
+
+def test_label_page_draw_a_box_and_export_in_chromium(server, tmp_path):
+    """Draw a person box on a keyframe with the mouse, tick an action, save, export the AVA CSV: the CSV holds the
+    box the store keeps (exact coordinates), at the keyframe shown, with the ticked action's id in the label map."""
+    from videoapp.data.ava import read_ava_csv, read_label_map
+    from videoapp.store import LabelStore
+    from videos import write_test_video
+
+    # Not the Detect test's bytes: the store keeps a clip once, under its first name.
+    clip = write_test_video(tmp_path / "boxes_clip.mp4", num_frames=80, fps=25, width=160, height=120)
+    with sync_playwright() as p:
+        ctx = _launch(p, tmp_path)
+        try:
+            page = _open_page(ctx, server["url"])
+            page.get_by_role("tab", name="Label").click()
+            _settle(page)
+            page.click("#label-add")
+            page.set_input_files("#label-upload input[type=file]", str(clip))
+            _wait_text(page, "#label-info", "boxes_clip.mp4")
+            _settle(page)
+            page.click("#boxes-section")
+            _set_number(page, "box-time", 1)
+            page.click("#box-show")
+            _wait_text(page, "#box-status", "Keyframe 1 s of boxes_clip.mp4")
+            canvas = page.locator("#box-annotator canvas").first
+            canvas.wait_for(timeout=STEP_MS)
+            page.click("#box-annotator button[aria-label='Create box']")
+            bb = canvas.bounding_box()
+            cx, cy = bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2
+            page.mouse.move(cx - 30, cy - 40)
+            page.mouse.down()
+            page.mouse.move(cx + 30, cy + 40, steps=10)
+            page.mouse.up()
+            action = page.locator("#box-actions label").first
+            ticked = action.inner_text().strip()
+            action.click()
+            _settle(page)
+            page.click("#box-save")
+            _wait_text(page, "#box-status", f"1 new ({ticked})")
+            _wait_text(page, "#box-table", ticked)
+            _shot(page, "label-boxes.png")
+            page.click("#box-export")
+            _wait_text(page, "#box-status", "Exported 1 row")
+            with page.expect_download(timeout=STEP_MS) as dl:
+                page.click("#box-file a[download='boxes.csv']")
+            csv_file = tmp_path / "boxes.csv"
+            dl.value.save_as(csv_file)
+            assert _toasts(page) == []
+        finally:
+            ctx.close()
+    store = LabelStore(server["data_dir"])
+    rec = next(c for c in store.clips() if c.original_name == "boxes_clip.mp4")
+    (box,) = store.boxes_of(rec)
+    assert box.timestamp_s == 1.0 and box.actions == (ticked,) and box.source == "person"
+    x1, y1, x2, y2 = box.box
+    assert x1 < 0.5 < x2 and y1 < 0.5 < y2 and x2 - x1 < 0.9  # drawn around the middle of the frame
+    (row,) = read_ava_csv(csv_file, "groundtruth")
+    names = read_label_map(next(Path(server["data_dir"]).rglob("label_map.pbtxt")))
+    assert (row.video_id, float(row.timestamp), row.box, names[row.action_id]) == (rec.sha256[:16], 1.0, box.box,
+                                                                                    ticked)
     assert "Traceback" not in server["served"].log_text()

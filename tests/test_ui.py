@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from videoapp.cli import main
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.ui.app import (
     EXPORT_FORMATS,
     FINETUNE_MODES,
@@ -631,3 +631,114 @@ def test_catalog_weights_option_is_selected(tmp_path, weights_dir):
     shutil.copy(weights_dir / "default.safetensors", tmp_path / "models" / "tuned.safetensors")
     (tmp_path / "models" / "broken.safetensors").write_bytes(b"not weights")
     assert [c.key for c in cat.choices()][-1] == "finetuned:tuned.safetensors"  # the broken file is skipped
+
+
+# ---------------------------------------------------------------------- Label page: person boxes
+def test_box_labelling_draw_adjust_delete_and_export(app, media):
+    from videoapp.data.ava import read_ava_csv, read_label_map
+    from videoapp.data.video import VideoReader
+
+    (clip,), _ = app.ingest(upload(app, media["long"]), "ann")  # 96 x 72, 30 fps
+    value, t, msg = app.keyframe(clip.sha256, 1.01)
+    assert t == 1.0 and value["boxes"] == [] and "0 boxes" in msg  # the nearest frame's own time
+    with VideoReader(clip.path) as r:
+        assert (value["image"] == r.get_frames([30])[0]).all()
+    drawn = {"xmin": 12.0, "ymin": 9.0, "xmax": 48.0, "ymax": 63.0, "label": "person"}
+    msg = app.save_boxes(clip.sha256, t, {"image": value["image"], "boxes": [drawn]}, ["walk", "wave"], "ann")
+    assert "1 new (walk, wave)" in msg
+    (b,) = app.store.boxes_of(clip)
+    assert b.box == (12 / 96, 9 / 72, 48 / 96, 63 / 72) and b.timestamp_s == 1.0
+    assert b.actions == ("walk", "wave") and b.source == "person" and b.labeled_by == "ann"
+    assert app.box_rows(clip.sha256) == [[b.id, 1.0, 0.125, 0.125, 0.5, 0.875, "walk, wave", "person", "ann"]]
+
+    # Shown again: the stored box in pixels, named by its id; unchanged -> nothing stored.
+    value, t, _ = app.keyframe(clip.sha256, 1.0)
+    assert value["boxes"] == [{"xmin": 12.0, "ymin": 9.0, "xmax": 48.0, "ymax": 63.0, "label": f"#{b.id}"}]
+    assert app.save_boxes(clip.sha256, t, value, [], "bob") == "Nothing changed on this keyframe."
+    # Adjusted by another person: a new version keeping the actions; the old one stays in the history.
+    value["boxes"][0]["xmax"] = 60.0
+    assert "1 changed" in app.save_boxes(clip.sha256, t, value, [], "bob")
+    (b2,) = app.store.boxes_of(clip)
+    assert b2.box == (12 / 96, 9 / 72, 60 / 96, 63 / 72) and b2.actions == ("walk", "wave") and b2.labeled_by == "bob"
+    assert [h.id for h in app.store.box_history(b2.id)] == [b.id, b2.id]
+    value = app.keyframe(clip.sha256, t)[0]
+    value["boxes"][0]["ymin"] = 0.0  # moved with an action ticked: the box takes the ticked actions
+    app.save_boxes(clip.sha256, t, value, ["run"], "bob")
+    (b3,) = app.store.boxes_of(clip)
+    assert b3.box == (12 / 96, 0.0, 60 / 96, 63 / 72) and b3.actions == ("run",)
+    # Removed from the drawing: deleted.
+    assert "1 deleted" in app.save_boxes(clip.sha256, t, {"image": value["image"], "boxes": []}, [], "bob")
+    assert app.store.boxes_of(clip) == []
+
+    # Two boxes on another keyframe, then the AVA export: one row per (box, action).
+    value, t, _ = app.keyframe(clip.sha256, 2.5)
+    two = [dict(drawn), {"xmin": 50.0, "ymin": 0.0, "xmax": 96.0, "ymax": 72.0, "label": "person"}]
+    app.save_boxes(clip.sha256, t, {"image": value["image"], "boxes": two[:1]}, ["walk"], "ann")
+    app.save_boxes(clip.sha256, t, {"image": value["image"], "boxes": app.keyframe(clip.sha256, t)[0]["boxes"]
+                                    + two[1:]}, ["sit"], "ann")
+    files, msg = app.export_boxes()
+    assert "Exported 2 rows" in msg
+    csv_path, map_path = files
+    names = read_label_map(map_path)
+    rows = read_ava_csv(csv_path, "groundtruth")
+    assert [(r.video_id, float(r.timestamp), r.box, names[r.action_id]) for r in rows] == [
+        (clip.sha256[:16], 2.5, (12 / 96, 9 / 72, 48 / 96, 63 / 72), "walk"),
+        (clip.sha256[:16], 2.5, (50 / 96, 0.0, 1.0, 1.0), "sit")]
+
+
+def test_box_labelling_errors(app, media):
+    with pytest.raises(UIError, match="open a clip"):
+        app.keyframe(None, 0)
+    (clip,), _ = app.ingest(upload(app, media["short"]), "ann")
+    with pytest.raises(UIError, match="show a keyframe"):
+        app.save_boxes(clip.sha256, 0.0, None, ["walk"], "ann")
+    value, t, _ = app.keyframe(clip.sha256, 0)
+    bad = {"image": value["image"], "boxes": [{"xmin": 40, "ymin": 10, "xmax": 20, "ymax": 50, "label": "person"}]}
+    with pytest.raises(UIError):  # x1 > x2: the store refuses it, nothing is kept
+        app.save_boxes(clip.sha256, t, bad, ["walk"], "ann")
+    assert app.store.boxes_of(clip) == []
+    with pytest.raises(UIError, match="no person box with an action"):
+        app.export_boxes()
+
+
+def test_cli_and_ui_share_the_untrained_fallback(tmp_path, media, monkeypatch, capsys):
+    import videoapp.ui.catalog as catalog
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(catalog_untrained(*args, **kwargs))
+        return made[-1]
+
+    catalog_untrained = catalog.untrained_model
+    monkeypatch.setattr("videoapp.weights.default_weights", lambda: None)
+    monkeypatch.setattr(catalog, "untrained_model", spy)
+    code = main(["predict", media["short"], "--top-k", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "UNTRAINED" in err and "untrained_" in out
+    (cli_model,) = made
+    ui_model = ModelCatalog(tmp_path / "none", tmp_path / "models").predictor(UNTRAINED_KEY).model
+    assert cli_model.labels == ui_model.labels == [f"untrained_{i}" for i in range(10)]
+    for (n1, a), (n2, b) in zip(cli_model.state_dict().items(), ui_model.state_dict().items()):
+        assert n1 == n2 and torch.equal(a.cpu(), b.cpu())
+
+
+def test_box_callbacks_save_to_the_keyframe_shown(app, media):
+    fns = _callbacks(app)
+    on_show, on_save = fns["on_box_show"].fn, fns["on_box_save"].fn
+
+    class Req:
+        username = None
+
+    (a,), _ = app.ingest(upload(app, media["long"]), "ann")
+    (b,), _ = app.ingest(upload(app, media["others"][0]), "ann")
+    msg = on_save({"sha": None, "t": None}, None, [], "ann", Req())[2]
+    assert msg.startswith("**Error:**") and "show a keyframe" in msg
+    shown, value, t, actions, msg, rows = on_show({"sha": a.sha256, "seen": None}, 2.0, MODEL_LABEL_SET, DEFAULT_KEY)
+    assert shown == {"sha": a.sha256, "t": 2.0} and actions.choices and rows is None
+    assert [c[0] for c in actions.choices] == LABELS
+    value["boxes"] = [{"xmin": 0.0, "ymin": 0.0, "xmax": 48.0, "ymax": 36.0, "label": "person"}]
+    # The Label page has moved on to clip b meanwhile: the save is still about the keyframe shown.
+    _, _, msg, rows = on_save(shown, value, ["zoom_in"], "ann", Req())
+    assert "1 new (zoom\\_in)" in msg and rows[0][1:] == [2.0, 0.0, 0.0, 0.5, 0.5, "zoom_in", "person", "ann"]
+    assert app.store.boxes_of(b) == [] and [x.box for x in app.store.boxes_of(a)] == [(0.0, 0.0, 0.5, 0.5)]

@@ -211,6 +211,8 @@ def test_falls_back_when_decord_breaks_mid_iteration(make_video, monkeypatch):
         return real(self, indices)
 
     monkeypatch.setattr(decord.VideoReader, "get_batch", flaky)
+    # Sequential passes decode with PyAV; keep this one on decord to break it.
+    monkeypatch.setattr(VideoReader, "_sequential_backend", lambda self: None)
     with VideoReader(path) as r:
         got = [(i, decode_index(f)) for i, f in r.iter_frames()]
     assert got == [(i, i) for i in range(40)]

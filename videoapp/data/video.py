@@ -48,6 +48,13 @@ damaged reference smears are served as decoded (players show them too). When
 fewer than ``min_readable`` (default half) of the frames decode, the file is
 refused: "too damaged: only 20 of 90 frames could be decoded".
 
+Sequential passes (:meth:`VideoReader.iter_frames`, the timeline) decode with
+PyAV even where decord does the random access: decord's FFmpeg threads,
+interleaved with a model's forward passes, left a 90 s timeline 400-1000 MB
+larger (fragmented malloc arenas) and took twice as long; PyAV's pass stays
+within tens of MB. Both convert to RGB the same way, so the frames are
+identical; PyAV is only used when it counts the same frames as decord.
+
 Unusual files: a still image renamed .mp4 (FFmpeg's image demuxers) is
 refused as "a still image (PNG), not a video"; an animated GIF is a video. An
 MP4 whose edit list hides lead-in frames (negative timestamps, as ``ffmpeg -ss
@@ -636,21 +643,32 @@ class _PyAVBackend:
 
     def iter_frames(self, wanted: np.ndarray, frame_bytes: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         # Its own container, so get_frames() calls in between cannot move it.
-        # Decodes every frame from the first wanted one on; converts only wanted ones.
+        # Decodes forward from the first wanted frame, converting only wanted
+        # ones; seeks ahead (never back) over a keyframe when the next wanted
+        # frame is past it, as get_batch does, so a sparse timeline skips GOPs.
+        # One decoded frame at a time: memory does not grow with the video.
         targets = wanted.tolist()
         cursor = self._cursor_for(targets[0], None)
         try:
             i = 0
-            assert cursor.gen is not None
-            for index, frame in cursor.gen:
-                if index < targets[i]:
-                    continue
-                if index > targets[i]:
-                    break
-                yield index, frame.to_ndarray(format="rgb24")
-                i += 1
-                if i == len(targets):
-                    return
+            while True:
+                assert cursor.gen is not None
+                for index, frame in cursor.gen:
+                    if index < targets[i]:
+                        continue
+                    if index > targets[i]:
+                        break
+                    yield index, frame.to_ndarray(format="rgb24")
+                    i += 1
+                    if i == len(targets):
+                        return
+                    if self.keyframe_for(targets[i]) > index + 1:
+                        cursor = self._cursor_for(targets[i], cursor)
+                        break
+                else:
+                    break  # decoder exhausted
+                if cursor.gen is None or cursor.next_index is None or cursor.next_index > targets[i]:
+                    break  # the decoder skipped a wanted frame
             raise _Undecodable(self.path, f"could not decode frame(s) {_fmt_list(targets[i:])} of "
                                           f"{self.num_frames} (file truncated or corrupt)")
         finally:
@@ -765,6 +783,9 @@ class VideoReader:
         self._verbose = verbose
         self._num_threads = num_threads
         self._allow_fallback = backend == "auto"  # an explicit backend is never swapped
+        # PyAV backend for sequential passes over a file decord reads (see iter_frames).
+        self._seq: Optional[_PyAVBackend] = None
+        self._seq_off = not self._allow_fallback
         self._closed = False
         size = _check_path(self.path)
         problem, moov = _scan_isobmff(self.path, size)
@@ -840,14 +861,14 @@ class VideoReader:
             batch = np.ascontiguousarray(np.rot90(batch, k=self._rotate_k, axes=(-3, -2)))
         return batch
 
-    def _fallback_to_pyav(self, err: BaseException) -> None:
+    def _fallback_to_pyav(self, err: BaseException, pyav: Optional["_PyAVBackend"] = None) -> None:
         reason = _short_reason(err)
         self._log("decord failed reading %s (%s); falling back to PyAV", self.path, reason)
         try:
             self._backend.close()
         except Exception:
             pass
-        self._backend = _PyAVBackend(self.path)
+        self._backend = pyav if pyav is not None else _PyAVBackend(self.path)
         self._check_complete()
         self.info = self._make_info()
         self._rotate_k = self._k_for(self._header.rotation)
@@ -886,8 +907,45 @@ class VideoReader:
             except Exception as e:
                 self._recover(e)
 
+    def _sequential_backend(self) -> Optional["_PyAVBackend"]:
+        """PyAV for a forward pass over a file decord reads (``backend="auto"``), or None (use the backend).
+
+        Why: decord's frame threads, interleaved with a model's forward passes,
+        grow the process by hundreds of MB (glibc arenas; +400-1000 MB over a
+        90 s clip) and decode a one-pass timeline about 2x slower than PyAV,
+        which stays within tens of MB. The two deliver identical frames (same
+        FFmpeg conversion to RGB); PyAV is used only when it counts the same
+        frames as decord, so indices mean the same frames.
+        """
+        if self._seq is None and not self._seq_off and self._backend.name == "decord":
+            try:
+                seq = _PyAVBackend(self.path)
+            except Exception as e:
+                self._seq_off = True
+                self._log("%s: sequential pass stays on decord (PyAV: %s)", self.path, _short_reason(e))
+                return None
+            if seq.num_frames != self._backend.num_frames or seq.hidden:
+                self._seq_off = True
+                self._log("%s: sequential pass stays on decord (PyAV counts %d frames, decord %d)",
+                          self.path, seq.num_frames, self._backend.num_frames)
+                return None
+            self._seq = seq
+        return self._seq if self._backend.name == "decord" and not self._seq_off else None
+
+    def _sequential_failed(self, err: Exception) -> None:
+        """The PyAV sequential pass failed: damaged data makes PyAV the backend (tolerant); else decord goes on."""
+        seq, self._seq, self._seq_off = self._seq, None, True
+        if isinstance(err, _Undecodable) and seq is not None:
+            # What decord would do on damaged data too (fall back, then decode around it).
+            self._fallback_to_pyav(err, seq)
+            self._turn_tolerant()
+        else:
+            self._log("%s: PyAV sequential pass failed (%s); using decord", self.path, _short_reason(err))
+            if seq is not None:
+                seq.close()
+
     def _iter_decoded(self, wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, frame as stored)`` for sorted unique ``wanted`` in one forward pass; falls back as
+        """``(index, upright frame)`` for sorted unique ``wanted`` in one forward pass; falls back as
         :meth:`_get_batch` does and resumes after the frames already delivered."""
         frame_bytes = self.info.width * self.info.height * 3
         done = 0  # frames of `wanted` already yielded
@@ -898,17 +956,28 @@ class VideoReader:
             rest = rest[rest < self.info.num_frames]  # PyAV may count fewer frames than decord
             if rest.size == 0:
                 return
+            seq = None if self._damaged else self._sequential_backend()
             try:
                 if self._damaged:
                     source = self._backend.tolerant_frames(rest)
+                elif seq is not None:
+                    source = seq.iter_frames(rest, frame_bytes)
                 else:
                     source = self._backend.iter_frames(rest, frame_bytes)
-                for item in source:
-                    yield item
+                k = self._k_for(self._header.rotation) if seq is not None else None
+                for index, frame in source:
+                    if k is None:
+                        frame = self._upright(frame[None])[0]
+                    elif k:
+                        frame = np.ascontiguousarray(np.rot90(frame, k=k))
+                    yield index, frame
                     done += 1
                 return
             except Exception as e:
-                self._recover(e)
+                if seq is not None:
+                    self._sequential_failed(e)
+                else:
+                    self._recover(e)
 
     def _recover(self, err: Exception) -> None:
         """After a failed read: turn tolerant (PyAV lost frames) or fall back to PyAV (decord trouble,
@@ -979,10 +1048,15 @@ class VideoReader:
         Yields ``(index, frame)`` in ascending index order, ``frame`` uint8 RGB
         ``[H, W, 3]`` (upright). ``only``: yield just these indices (within
         ``[start, stop)``); the pass still goes forward once, but frames nobody
-        asked for are not converted to RGB and decord may skip whole GOPs
-        between them. Only a small chunk of frames is decoded ahead, so memory
-        does not depend on the video length. Frames may be views into a chunk
-        array that is never written again (safe to keep).
+        asked for are not converted to RGB and whole GOPs between them are
+        skipped. With ``backend="auto"`` the pass decodes with PyAV even when
+        decord serves :meth:`get_frames` (same frames, pixel for pixel; about
+        half the time and a bounded, small memory footprint where decord's
+        threads grow the process by hundreds of MB on long videos); an
+        explicit ``backend`` is used as asked. Only a frame or a small chunk is
+        decoded ahead, so memory does not depend on the video length. Frames
+        may be views into a chunk array that is never written again (safe to
+        keep).
         """
         if self._closed:
             raise ValueError(f"{self.path}: reader is closed")
@@ -997,13 +1071,15 @@ class VideoReader:
             wanted = wanted[(wanted >= start) & (wanted < stop)]
         if wanted.size == 0:
             return
-        for index, frame in self._iter_decoded(wanted):
-            yield index, self._upright(frame[None])[0]
+        yield from self._iter_decoded(wanted)
 
     def close(self) -> None:
         """Release the decoder (idempotent)."""
         if not self._closed and self._backend is not None:
             self._backend.close()
+            if self._seq is not None:
+                self._seq.close()
+                self._seq = None
         self._closed = True
 
     def __enter__(self) -> "VideoReader":

@@ -134,23 +134,29 @@ class ViewSampler:
         return [frames[[pos[int(i)] for i in v]] for v in views]
 
 
-# A clip goes through the transform a few frames at a time: as float32 a 1080p
-# frame is 25 MB, so a 16-frame clip would need 400 MB at once (most of a long
-# 1080p timeline's peak). Resize, crop and normalisation treat every frame on
-# its own, so the chunks give exactly the same tensor.
+# A big clip goes through the transform a few frames at a time: as float32 a
+# 1080p frame is 25 MB, so a 16-frame clip would need 400 MB at once (most of a
+# long 1080p timeline's peak). Resize, crop and normalisation treat every frame
+# on its own, but torch's bilinear kernel takes another (vectorised) path for
+# another number of planes, so chunks can differ from the whole clip by one
+# float32 ulp (~1e-7): clips up to _TRANSFORM_WHOLE_MAX_BYTES (360p x 16 frames,
+# 720p x 8) keep the one-call transform and its exact numbers.
 _TRANSFORM_CHUNK_BYTES = 32 * 2**20
+_TRANSFORM_WHOLE_MAX_BYTES = 96 * 2**20
 
 
-def transform_in_chunks(transform: ClipTransform, clip: np.ndarray) -> torch.Tensor:
-    """``transform(clip)`` for uint8 ``clip`` ``[T, H, W, 3]``, computed over chunks of frames.
+def _transform_in_chunks(transform: ClipTransform, clip: np.ndarray) -> torch.Tensor:
+    """``transform(clip)`` for uint8 ``clip`` ``[T, H, W, 3]``; big clips over chunks of frames.
 
-    Returns the same float32 ``[num_crops, C, T, crop, crop]`` tensor, while
-    holding at most ~32 MB of full-size float frames at a time.
+    Returns float32 ``[num_crops, C, T, crop, crop]``. A clip whose float copy
+    would exceed 96 MB is transformed ~32 MB of frames at a time (equal to the
+    one-call result within one float32 ulp).
     """
     t, h, w = clip.shape[:3]
-    step = max(1, _TRANSFORM_CHUNK_BYTES // max(1, h * w * 3 * 4))
-    if step >= t:
+    frame_bytes = max(1, h * w * 3 * 4)
+    if t * frame_bytes <= _TRANSFORM_WHOLE_MAX_BYTES:
         return transform(clip)
+    step = max(1, _TRANSFORM_CHUNK_BYTES // frame_bytes)
     return torch.cat([transform(clip[i:i + step]) for i in range(0, t, step)], dim=2)
 
 
@@ -202,7 +208,7 @@ class Predictor:
         num_crops: int = 1,
         batch_size: int = 4,
     ) -> None:
-        from videoapp.models.registry import create_model, get_model_entry
+        from videoapp.models import create_model, get_model_entry
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no CUDA device is available")
@@ -259,7 +265,8 @@ class Predictor:
             batch.clear()
 
         for clip in clips:
-            batch.append(transform_in_chunks(self.transform, clip))
+            batch.append(_transform_in_chunks(self.transform, clip))
+            del clip  # the uint8 frames are not needed once transformed
             if len(batch) == self.batch_size:
                 flush()
         if batch:
@@ -327,6 +334,7 @@ class Predictor:
             def clips() -> Iterator[np.ndarray]:
                 for _, clip in iter_window_clips(reader, wins):
                     yield clip
+                    del clip  # see WindowClipIterator: one full-size clip alive at a time
                     bar.update(1)
 
             try:

@@ -42,6 +42,9 @@ class ModelConfig:
     ``pretrained``: weights to start from (ours or any checkpoint the importer
     reads); the classifier is replaced when the class count differs, or always
     with ``reset_head``. ``freeze_backbone``: train only the classifier (linear probe).
+    ``grad_checkpointing``: recompute each block in the backward pass instead of
+    keeping its activations (``model.set_grad_checkpointing()``): fits larger
+    models or batches in memory for about one more forward pass of compute.
     """
 
     name: str = "mvitv2_xxs_8x64"
@@ -49,6 +52,7 @@ class ModelConfig:
     pretrained: Optional[str] = None
     reset_head: bool = False
     freeze_backbone: bool = False
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -76,7 +80,12 @@ class DataConfig:
 
     ``source``: ``camera_motion`` (generated, see :class:`PoolConfig`),
     ``folder`` (class-per-folder tree), ``kinetics`` (CSV), ``path_list``,
-    ``ssv2`` (JSON), or ``auto`` (guessed from ``train``). ``train``/``val``:
+    ``ssv2`` (JSON), ``ava`` (AVA-format ground-truth CSVs for action
+    detection: ``labels`` is the ``.pbtxt`` label map, ``root`` the videos,
+    boxes of ``train`` jittered by up to ``box_jitter`` of their size,
+    frame-mAP on every keyframe of ``val``; ``time_offset`` seconds are
+    subtracted from their timestamps, 900 for AVA's trimmed 15-minute clips),
+    or ``auto`` (guessed from ``train``). ``train``/``val``:
     the annotation file or folder of each split; ``root``: the videos' folder;
     ``labels``: class names (a file or a built-in set like ``kinetics400``).
     ``num_frames``, ``sampling_rate``, ``sampling`` ("rate" | "uniform"),
@@ -103,6 +112,8 @@ class DataConfig:
     min_scale: Optional[int] = None
     max_scale: Optional[int] = None
     flip: bool = True
+    box_jitter: float = 0.1
+    time_offset: float = 0.0
     batch_size: int = 32
     num_workers: int = 0
     pool: PoolConfig = field(default_factory=PoolConfig)
@@ -338,11 +349,15 @@ def dump_config(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Range checks that types alone do not catch; raises :class:`ConfigError`."""
     d, o, t = cfg.data, cfg.optim, cfg.train
-    sources = ("camera_motion", "folder", "kinetics", "path_list", "ssv2", "auto")
+    sources = ("camera_motion", "folder", "kinetics", "path_list", "ssv2", "ava", "auto")
     if d.source not in sources:
         raise ConfigError(f"data.source: {d.source!r} is not one of {', '.join(sources)}")
     if d.source != "camera_motion" and not d.train:
         raise ConfigError(f"data.train: needed for data.source={d.source} (annotation file or folder)")
+    if d.source == "ava" and not d.labels:
+        raise ConfigError("data.labels: the label map (.pbtxt) is needed for data.source=ava")
+    if not 0 <= d.box_jitter < 0.5:
+        raise ConfigError(f"data.box_jitter: must be in [0, 0.5), got {d.box_jitter}")
     if d.sampling not in (None, "rate", "uniform"):
         raise ConfigError(f"data.sampling: {d.sampling!r} is not 'rate' or 'uniform'")
     if d.channel_order not in (None, "rgb", "bgr"):

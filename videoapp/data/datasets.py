@@ -15,7 +15,10 @@ Annotation formats (each read into :class:`Annotations`: ``items`` =
   "placeholders"}``; the class is the template without brackets, as in the
   official ``labels.json`` (:func:`read_ssv2`, :func:`write_ssv2`);
 - the generated camera-motion **pool** (:class:`PoolDataset`, see
-  :mod:`videoapp.data.synthetic`).
+  :mod:`videoapp.data.synthetic`);
+- **AVA-format** keyframes with person boxes and multi-label actions for
+  action detection (:class:`AVADataset`, rows from :mod:`videoapp.data.ava`;
+  items are ``(clip, boxes, labels)``, batched by :meth:`AVADataset.collate`).
 
 Videos that an annotation names but that are not on disk are counted in
 ``Annotations.missing`` and left out (Kinetics downloads always miss some).
@@ -498,8 +501,192 @@ class PoolDataset(_Epoch, torch.utils.data.Dataset):
         return normalize(x, self.mean, self.std), self.classes.index(label)
 
 
+# --------------------------------------------------------------------------- AVA-format detection data
+@dataclass
+class BoxTargets:
+    """The boxes of a batch of keyframe clips (what :meth:`AVADataset.collate` returns beside the clips).
+
+    ``rois``: float32 ``[K, 5]`` rows ``[batch_index, x1, y1, x2, y2]`` in pixels
+    of the batch input (what an :class:`~videoapp.models.detector.ActionDetector`
+    takes); ``labels``: float32 multi-hot ``[K, num_classes]`` (output ``i`` is
+    action id ``i + 1``); ``items``: int64 ``[B]`` dataset indices of the clips;
+    ``box_index``: int64 ``[K]`` index of each box within its keyframe. ``len()`` is ``K``.
+    """
+
+    rois: torch.Tensor
+    labels: torch.Tensor
+    items: torch.Tensor
+    box_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rois.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "BoxTargets":
+        """The same targets with ``rois`` and ``labels`` on ``device``."""
+        return BoxTargets(self.rois.to(device, non_blocking=non_blocking),
+                          self.labels.to(device, non_blocking=non_blocking), self.items, self.box_index)
+
+
+class AVADataset(_Epoch, torch.utils.data.Dataset):
+    """Keyframe clips with their person boxes and multi-hot actions, from AVA-format rows.
+
+    One item per keyframe that has boxes: ``rows`` are ground-truth (or box)
+    :class:`~videoapp.data.ava.AVARow` rows, grouped by ``(video_id,
+    timestamp)`` (timestamps compared by value), the video of ``video_id`` is
+    ``root/<video_id>.<ext>``. A box's label vector has a 1 at ``action_id - 1``
+    for each of its actions below ``num_classes`` (other ids are ignored, as
+    AVA's 80-action files against a 60-action head's evaluation).
+
+    The clip is ``indices_fn(keyframe_frame, num_video_frames=n)`` (the frames
+    the detector reads around the keyframe, e.g.
+    :func:`videoapp.engine.detect.keyframe_clip_indices`), with the keyframe
+    frame ``round((timestamp - time_offset) * fps)``, preprocessed as
+    :class:`~videoapp.engine.detect.DetectionPredictor` does: the whole frame,
+    short side to ``crop_size`` (``crop_size`` x ``crop_size`` when
+    ``fixed_size``), bilinear without antialiasing, normalised. Decoded clips
+    are kept in memory (float16, ``[3, T, h, w]``) after their first use.
+
+    ``rows`` stays available as :attr:`rows` (the ground truth of an evaluation).
+    In training each box is jittered: every coordinate moves by up to
+    ``jitter`` times the box's width (x) or height (y), uniformly, then the
+    box is clipped to the frame. ``__getitem__`` returns ``(clip float32
+    [3, T, h, w], boxes float32 [k, 4] normalised, labels float32 [k, C])``;
+    :meth:`collate` batches them (zero-padding clips to the largest size) into
+    ``(clips [B, 3, T, H, W], BoxTargets)``.
+    """
+
+    def __init__(self, rows: Sequence, root: str | os.PathLike, num_classes: int, *,
+                 indices_fn, crop_size: int, mean: Sequence[float], std: Sequence[float],
+                 channel_order: str = "rgb", fixed_size: bool = False, train: bool = True, jitter: float = 0.1,
+                 time_offset: float = 0.0, seed: int = 0) -> None:
+        from videoapp.data.ava import canonical_timestamp
+
+        self.root = _check_root(root, "data.root (the videos' folder)")
+        self.rows = list(rows)
+        videos = _index_videos(self.root)
+        self.num_classes = int(num_classes)
+        self.indices_fn = indices_fn
+        self.crop_size = int(crop_size)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+        self.channel_order = channel_order
+        self.fixed_size = fixed_size
+        self.train = train
+        self.jitter = float(jitter)
+        self.time_offset = float(time_offset)
+        self.seed = seed
+        keyframes: dict[tuple[str, str], dict[tuple, list[int]]] = {}
+        stamps: dict[tuple[str, str], str] = {}
+        missing: set[str] = set()
+        for r in rows:
+            if r.box is None:
+                continue
+            if r.video_id not in videos:
+                missing.add(r.video_id)
+                continue
+            key = (r.video_id, canonical_timestamp(r.timestamp))
+            stamps.setdefault(key, r.timestamp)
+            acts = keyframes.setdefault(key, {}).setdefault(tuple(r.box), [])
+            if r.action_id is not None and 1 <= r.action_id <= self.num_classes:
+                acts.append(int(r.action_id) - 1)
+        if missing:
+            logger.warning("%d videos of the annotations are not under %s (left out), e.g. %s", len(missing),
+                           self.root, sorted(missing)[0])
+        if not keyframes:
+            raise DatasetError(f"no keyframe with a box has its video under {self.root}")
+        # Keyframes in (video, time) order; boxes in file order.
+        self.items: list[tuple[Path, str, str, list[tuple[float, float, float, float]], np.ndarray]] = []
+        for key in sorted(keyframes, key=lambda k: (k[0], float(k[1]))):
+            boxes = list(keyframes[key])
+            labels = np.zeros((len(boxes), self.num_classes), np.float32)
+            for j, b in enumerate(boxes):
+                labels[j, keyframes[key][b]] = 1.0
+            self.items.append((videos[key[0]], key[0], stamps[key], boxes, labels))
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def keyframe(self, index: int) -> tuple[str, str, list[tuple[float, float, float, float]]]:
+        """``(video_id, timestamp as written, boxes)`` of item ``index`` (boxes normalised, not jittered)."""
+        _, vid, ts, boxes, _ = self.items[index]
+        return vid, ts, boxes
+
+    def clip(self, index: int) -> torch.Tensor:
+        """The preprocessed clip of item ``index``: float32 ``[3, T, h, w]``; raises ``VideoError``."""
+        from videoapp.data.transforms import resize_short_side
+        from videoapp.data.video import VideoReader
+
+        cached = self._cache.get(index)
+        if cached is None:
+            path, _, ts, _, _ = self.items[index]
+            with VideoReader(path) as reader:
+                info = reader.info
+                centre = min(max(int(round((float(ts) - self.time_offset) * info.fps)), 0), info.num_frames - 1)
+                frames = reader.get_frames(self.indices_fn(centre, num_video_frames=info.num_frames))
+            clip = to_tensor(frames)
+            if self.fixed_size:
+                clip = torch.nn.functional.interpolate(clip, size=(self.crop_size, self.crop_size), mode="bilinear",
+                                                       align_corners=False)
+            else:
+                clip = resize_short_side(clip, self.crop_size)
+            if self.channel_order == "bgr":
+                clip = clip.flip(0)
+            cached = self._cache[index] = clip.to(torch.float16)
+        return normalize(cached.float(), self.mean, self.std)
+
+    def _jitter(self, boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        wh = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+        out = np.clip(boxes + rng.uniform(-self.jitter, self.jitter, size=boxes.shape) * wh, 0.0, 1.0)
+        # A box never flips or collapses: at least a tenth of its size on each axis.
+        out[:, 2:] = np.maximum(out[:, 2:], out[:, :2] + 0.1 * wh[:, :2])
+        return np.clip(out, 0.0, 1.0)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, _, _, boxes, labels = self.items[index]
+        b = np.asarray(boxes, dtype=np.float64)
+        if self.train and self.jitter > 0:
+            b = self._jitter(b, self._rng(index))
+        return self.clip(index), torch.from_numpy(b.astype(np.float32)), torch.from_numpy(labels.copy())
+
+    def collate(self, batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                items: Sequence[int] | None = None) -> tuple[torch.Tensor, BoxTargets]:
+        """Stack ``(clip, boxes, labels)`` items: clips zero-padded (right/bottom) to ``[B, 3, T, H, W]``."""
+        h = max(int(c.shape[-2]) for c, _, _ in batch)
+        w = max(int(c.shape[-1]) for c, _, _ in batch)
+        x = torch.zeros((len(batch), *batch[0][0].shape[:2], h, w), dtype=batch[0][0].dtype)
+        rois, labels, box_index = [], [], []
+        for i, (c, b, y) in enumerate(batch):
+            ch, cw = int(c.shape[-2]), int(c.shape[-1])
+            x[i, :, :, :ch, :cw] = c
+            scale = torch.tensor([cw, ch, cw, ch], dtype=torch.float32)
+            rois.append(torch.cat([torch.full((len(b), 1), float(i)), b * scale], dim=1))
+            labels.append(y)
+            box_index.append(torch.arange(len(b)))
+        item_ids = torch.as_tensor(list(items) if items is not None else [-1] * len(batch), dtype=torch.int64)
+        return x, BoxTargets(torch.cat(rois), torch.cat(labels), item_ids, torch.cat(box_index))
+
+
+class IndexedAVADataset(torch.utils.data.Dataset):
+    """An :class:`AVADataset` whose items also carry their index (for evaluation: which keyframe a box is on)."""
+
+    def __init__(self, dataset: AVADataset, indices: Sequence[int] | None = None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self.indices[i], self.dataset[self.indices[i]]
+
+    def collate(self, batch: Sequence[tuple[int, tuple]]) -> tuple[torch.Tensor, BoxTargets]:
+        """:meth:`AVADataset.collate` with the items' indices in ``BoxTargets.items``."""
+        return self.dataset.collate([b for _, b in batch], items=[i for i, _ in batch])
+
+
 __all__ = [
     "Annotations", "DatasetError", "VIDEO_EXTENSIONS", "load_class_names", "read_folder", "kinetics_stem",
     "read_kinetics_csv", "write_kinetics_csv", "read_path_list", "write_path_list", "ssv2_class_name",
     "read_ssv2", "write_ssv2", "write_ssv2_labels", "read_annotations", "VideoDataset", "PoolDataset",
+    "AVADataset", "IndexedAVADataset", "BoxTargets",
 ]

@@ -4,6 +4,11 @@ What one run does (see :mod:`videoapp.config` for every setting):
 
 - data from the generated camera-motion pool or from video files
   (class-per-folder, Kinetics CSV, path lists, SSv2 JSON: :mod:`videoapp.data.datasets`);
+- action detectors (``*_ava`` models) on AVA-format data (``data.source: ava``):
+  one keyframe clip and its boxes per item (boxes jittered in training),
+  multi-label BCE-with-logits on the AVA head's logits, and frame-mAP
+  (:func:`videoapp.engine.ava_metrics.evaluate_ava`) over every box of every
+  validation keyframe after each epoch (:func:`evaluate_detection`);
 - any registered model, optionally starting from weights with a new head
   (``model.pretrained``, ``model.reset_head``) and a frozen backbone
   (``model.freeze_backbone``: a linear probe);
@@ -195,6 +200,8 @@ def _resolve_classes(cfg: Config):
     from videoapp.data import datasets as D
 
     d = cfg.data
+    if d.source == "ava":
+        return _ava_annotations(cfg)
     if d.source == "camera_motion":
         from videoapp.data.synthetic import CAMERA_MOTIONS
 
@@ -232,18 +239,35 @@ def _data_config(cfg: Config) -> dict:
 
 def build_model(cfg: Config, classes: Sequence[str], data: dict) -> nn.Module:
     """The model of ``cfg.model`` with a ``len(classes)``-way head (fine-tuning / linear-probe set-up applied)."""
-    from videoapp.models.registry import create_model, get_model_entry
+    from videoapp.models import create_model, get_model_entry
 
     entry = get_model_entry(cfg.model.name)
     kwargs = dict(cfg.model.kwargs)
     for k in ("num_frames", "crop_size"):
         if data[k] != entry.data[k] and k not in kwargs:
             kwargs[k] = data[k]
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(classes), **kwargs)
+    pretrained, backbone_init = cfg.model.pretrained, None
+    if entry.data.get("task") == "detection" and pretrained and _weights_task(pretrained) != "detection":
+        # A classifier's weights (ours or any checkpoint of the backbone) start the detector's backbone.
+        pretrained, backbone_init = None, pretrained
+    model = create_model(cfg.model.name, pretrained=pretrained, num_classes=len(classes), **kwargs)
+    if backbone_init is not None:
+        from videoapp.models.detector import load_backbone_weights
+        from videoapp.weights import CheckpointError
+
+        try:
+            load_backbone_weights(model, backbone_init)
+        except CheckpointError as exc:
+            raise TrainError(f"model.pretrained: {exc}") from None
     old_labels = getattr(model, "labels", None)
     if cfg.model.pretrained and (cfg.model.reset_head or (old_labels is not None and list(old_labels) != list(classes))):
         model.reset_classifier(len(classes))
     model.labels = list(classes)
+    if entry.data.get("task") == "detection":
+        # A backbone with one input size (Hiera) takes crop x crop frames, as DetectionPredictor feeds it.
+        data["fixed_size"] = getattr(model.backbone, "input_size", None) is not None
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if cfg.model.freeze_backbone:
         if not cfg.model.pretrained:
             logger.warning("model.freeze_backbone without model.pretrained: training a head on random features")
@@ -287,10 +311,12 @@ def build_teacher(cfg: Config, classes: Sequence[str], data: dict) -> Teacher | 
     c = cfg.distill
     if not c.teacher:
         return None
+    if cfg.data.source == "ava":
+        raise TrainError("distill: distillation is for classifiers; data.source=ava trains a detector")
     if not 0.0 <= c.alpha <= 1.0 or c.temperature <= 0:
         raise TrainError(f"distill.alpha must be in [0, 1] and distill.temperature > 0 "
                          f"(got {c.alpha}, {c.temperature})")
-    from videoapp.models.registry import create_model
+    from videoapp.models import create_model
     from videoapp.weights import CheckpointError, read_metadata
 
     try:
@@ -322,6 +348,8 @@ def build_datasets(cfg: Config, classes: list[str], data: dict, train_ann, val_a
 
     c = cfg.data
     seed = cfg.train.seed
+    if c.source == "ava":
+        return _ava_datasets(cfg, classes, data, train_ann, val_ann)
     if c.source == "camera_motion":
         from videoapp.data.synthetic import Pool, cached_pool, pool_key
 
@@ -351,6 +379,129 @@ def build_datasets(cfg: Config, classes: list[str], data: dict, train_ann, val_a
     train_ds = VideoDataset(train_ann, train=True, min_scale=c.min_scale, max_scale=c.max_scale, flip=c.flip, **common)
     val_ds = VideoDataset(val_ann, train=False, **common) if val_ann is not None else None
     return train_ds, val_ds
+
+
+# --------------------------------------------------------------------------- AVA-format detection
+def _weights_task(path: str) -> str | None:
+    """The ``task`` of the registry model a weights file was saved from (``None``: unknown or a foreign checkpoint)."""
+    from videoapp.models.registry import get_model_entry
+    from videoapp.weights import read_metadata
+
+    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return None
+    try:
+        name = read_metadata(path).get("model")
+        return get_model_entry(name).data.get("task") if name else None
+    except Exception:  # an unknown model name or an unreadable header: treat as a foreign checkpoint
+        return None
+
+
+def _ava_label_map(cfg: Config) -> dict[int, str]:
+    from videoapp.data.ava import AVAFormatError, read_label_map
+
+    try:
+        return read_label_map(cfg.data.labels)
+    except AVAFormatError as exc:
+        raise ConfigError(f"data.labels: {exc}") from None
+
+
+def _ava_annotations(cfg: Config):
+    """``(classes, train rows, val rows or None)`` of ``data.source: ava``.
+
+    The head has one output per action id up to the label map's largest
+    (output ``i`` is id ``i + 1``, as SlowFast's AVA heads); ids the map does
+    not name are called ``action_<id>``.
+    """
+    from videoapp.data.ava import AVAFormatError, read_ava_csv
+
+    labels = _ava_label_map(cfg)
+    classes = [labels.get(i, f"action_{i}") for i in range(1, max(labels) + 1)]
+    try:
+        train_rows = read_ava_csv(cfg.data.train, "groundtruth")
+        val_rows = read_ava_csv(cfg.data.val, "groundtruth") if cfg.data.val else None
+    except AVAFormatError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    return classes, train_rows, val_rows
+
+
+def _ava_datasets(cfg: Config, classes: list[str], data: dict, train_rows, val_rows):
+    """Training keyframes (boxes jittered) and validation keyframes (every keyframe of ``data.val`` with boxes)."""
+    import functools
+
+    from videoapp.data.datasets import AVADataset, DatasetError
+    from videoapp.engine.detect import keyframe_clip_indices
+
+    c = cfg.data
+    common = dict(root=c.root, num_classes=len(classes), crop_size=data["crop_size"], mean=data["mean"],
+                  std=data["std"], channel_order=data["channel_order"], fixed_size=bool(data.get("fixed_size")),
+                  time_offset=c.time_offset, seed=cfg.train.seed,
+                  indices_fn=functools.partial(keyframe_clip_indices, num_frames=data["num_frames"],
+                                               sampling_rate=data["sampling_rate"]))
+    try:
+        train_ds = AVADataset(train_rows, train=True, jitter=c.box_jitter, **common)
+        val_ds = AVADataset(val_rows, train=False, **common) if val_rows is not None else None
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    return train_ds, val_ds
+
+
+def box_bce(logits: torch.Tensor, targets) -> torch.Tensor:
+    """Multi-label BCE-with-logits of box logits ``[K, C]`` against ``targets.labels`` ``[K, C]`` (mean)."""
+    return F.binary_cross_entropy_with_logits(logits, targets.labels)
+
+
+def _num_correct(logits: torch.Tensor, y) -> int:
+    """Classification: clips whose top class is the label. Detection: boxes whose actions (p >= 0.5) are all right."""
+    if isinstance(y, torch.Tensor):
+        return int((logits.argmax(1) == y).sum())
+    return int(((logits >= 0) == (y.labels >= 0.5)).all(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate_detection(model: nn.Module, dataset, batch_size: int, device: torch.device, bf16: bool, d: _Dist,
+                       label_map: dict[int, str], num_workers: int = 0) -> dict:
+    """Frame-mAP of ``model`` on every keyframe of ``dataset`` (an :class:`~videoapp.data.datasets.AVADataset`).
+
+    Every box of every keyframe gets a score per action (sigmoid, output
+    ``i`` = action id ``i + 1``); the rows are scored against
+    ``dataset.rows`` by :func:`videoapp.engine.ava_metrics.evaluate_ava`
+    (official frame-mAP@0.5 over ``label_map``'s actions). Keyframes are
+    sharded over ranks and the rows gathered. Returns ``val_loss`` (BCE),
+    ``val_map`` (0-1), ``val_ap`` (``{action name: AP or None}``) and ``val_boxes``.
+    """
+    from videoapp.data.ava import AVARow
+    from videoapp.data.datasets import IndexedAVADataset
+    from videoapp.engine.ava_metrics import evaluate_ava
+
+    was_training = model.training
+    model.eval()
+    shard = IndexedAVADataset(dataset, range(d.rank, len(dataset), d.world))
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=shard.collate)
+    rows: list = []
+    loss_sum, n = 0.0, 0
+    for x, y in loader:
+        x, t = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, bf16):
+            logits = model(x, t.rois)
+        logits = logits.float()
+        loss_sum += float(F.binary_cross_entropy_with_logits(logits, t.labels, reduction="sum")) / logits.shape[1]
+        n += len(t)
+        probs = logits.sigmoid().cpu().numpy()
+        for k in range(len(probs)):
+            vid, ts, boxes = dataset.keyframe(int(y.items[int(y.rois[k, 0])]))
+            box = boxes[int(y.box_index[k])]
+            for i, p in enumerate(probs[k]):
+                rows.append(AVARow(vid, ts, box, i + 1, None, float(p)))
+    if d.enabled:
+        gathered: list = [None] * d.world
+        dist.all_gather_object(gathered, rows)
+        rows = [r for part in gathered for r in part]
+    sums = d.all_reduce([loss_sum, n])
+    model.train(was_training)
+    report = evaluate_ava(dataset.rows, rows, label_map)
+    return {"val_loss": float(sums[0]) / max(float(sums[1]), 1.0), "val_map": float(report["map"]),
+            "val_ap": report["per_class_ap"], "val_boxes": int(sums[1])}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -581,7 +732,8 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
 
     optimizer = torch.optim.AdamW(param_groups(model, opt_cfg.weight_decay), lr=opt_cfg.lr,
                                   betas=tuple(opt_cfg.betas))
-    criterion = nn.CrossEntropyLoss(label_smoothing=opt_cfg.label_smoothing)
+    detection = cfg.data.source == "ava"
+    criterion = box_bce if detection else nn.CrossEntropyLoss(label_smoothing=opt_cfg.label_smoothing)
     out = _Outputs(out_dir, d)
 
     epoch, micro_done, step, elapsed_before = 0, 0, 0, 0.0
@@ -612,6 +764,8 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
 
     def metadata(metrics: dict) -> dict:
         meta = {"model": cfg.model.name, "labels": list(classes)}
+        if detection:
+            meta["task"] = "detection"
         meta.update({k: data[k] for k in ("num_frames", "sampling_rate", "crop_size", "mean", "std",
                                           "channel_order", "sampling")})
         meta["source"] = f"videoapp train {config_name}" if config_name else "videoapp train"
@@ -650,7 +804,8 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
         gen = torch.Generator().manual_seed(run.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, sampler=order[micro_done * bs:],
                                              num_workers=cfg.data.num_workers, drop_last=True, generator=gen,
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda",
+                                             collate_fn=getattr(train_ds, "collate", None))
         batches = iter(loader)
         _reseed(run.seed, epoch, micro_done, d.rank)
         set_train_mode()
@@ -663,7 +818,7 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
             sync = net.no_sync() if (d.enabled and not boundary) else contextlib.nullcontext()
             with sync:
                 with _autocast(device, bf16):
-                    logits = net(x)
+                    logits = net(x, y.rois) if detection else net(x)
                 loss = criterion(logits.float(), y)
                 if teacher is not None:
                     with _autocast(device, bf16):
@@ -674,10 +829,10 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
                 (loss / accum).backward()
             lv = float(loss.detach())
             ep_stats["loss_sum"] += lv * len(y)
-            ep_stats["correct"] += float((logits.detach().argmax(1) == y).sum())
+            ep_stats["correct"] += float(_num_correct(logits.detach(), y))
             ep_stats["count"] += len(y)
-            ep_stats["clips"] += len(y) * d.world
-            log_sum, log_n, log_clips = log_sum + lv, log_n + 1, log_clips + len(y) * d.world
+            ep_stats["clips"] += len(x) * d.world
+            log_sum, log_n, log_clips = log_sum + lv, log_n + 1, log_clips + len(x) * d.world
             bar.update(1)
             if not boundary:
                 continue
@@ -722,9 +877,12 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
         if stopped_early:
             # Out of time mid-epoch: report, checkpoint at this position (--resume finishes the epoch).
             record["type"] = "stop"
-        if val_ds is not None:
+        if val_ds is not None and detection:
+            record.update(evaluate_detection(model, val_ds, bs, device, bf16, d, _ava_label_map(cfg),
+                                             cfg.data.num_workers))
+        elif val_ds is not None:
             record.update(evaluate(model, val_ds, bs, device, bf16, d, len(classes), cfg.data.num_workers))
-        last_metrics = {k: round(record[k], 5) for k in ("val_top1", "val_top5", "val_loss") if k in record}
+        last_metrics = {k: round(record[k], 5) for k in ("val_top1", "val_top5", "val_loss", "val_map") if k in record}
         last_metrics["train_top1"] = round(record["train_top1"], 5)
         record["metrics"] = last_metrics
         out.log(record)
@@ -739,6 +897,8 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
             msg = f"epoch {epoch + 1}/{run.epochs}: train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.1f}%"
             if "val_top1" in record:
                 msg += f", val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.1f}% top-5 {100 * record['val_top5']:.1f}%"
+            if "val_map" in record:
+                msg += f", val loss {record['val_loss']:.4f} frame-mAP {100 * record['val_map']:.1f}%"
             logger.info("%s (%.0f s)", msg, elapsed())
         epoch, micro_done = epoch + 1, 0
         ep_stats = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "clips": 0.0}
@@ -753,5 +913,5 @@ def _train(cfg: Config, d: _Dist, resume: bool, config_name: str | None, t_start
                        files_written=list(out.written))
 
 
-__all__ = ["train", "TrainResult", "TrainError", "evaluate", "lr_at", "param_groups", "plot_curves", "topk_correct",
+__all__ = ["train", "TrainResult", "TrainError", "evaluate", "evaluate_detection", "box_bce", "lr_at", "param_groups", "plot_curves", "topk_correct",
            "build_model", "build_datasets", "Teacher", "build_teacher", "distill_loss"]

@@ -255,3 +255,12 @@ def test_writer_refuses_rows_it_cannot_write():
         write_ava_csv(buf, [AVARow("v", "1", (0, 0, 1, 1), 1, None, 0.5)], person_ids=True)
     with pytest.raises(ValueError, match="no action_id"):
         write_ava_csv(buf, [AVARow("v", "1", (0, 0, 1, 1))])
+
+
+def test_label_map_round_trips_names_with_quotes_and_backslashes(tmp_path):
+    from videoapp.data.ava import read_label_map, write_label_map
+
+    labels = {1: 'say "hi"', 2: "back\\slash", 7: 'end\\', 80: "watch (a person)"}
+    path = write_label_map(tmp_path / "map.pbtxt", labels)
+    assert read_label_map(path) == labels
+    assert list(read_label_map(path)) == [1, 2, 7, 80]

@@ -1045,7 +1045,7 @@ class LabelStore:
         :class:`StoreError` for an action that the label map lacks.
         """
         from videoapp.data.ava import AVARow, format_timestamp, write_ava_csv
-        from videoapp.data.synthetic_ava import write_label_map
+        from videoapp.data.ava import write_label_map
 
         boxes = [b for b in self.all_boxes() if b.actions and (include_model or not b.source.startswith("model:"))]
         labels = self.resolve_label_map(label_map, sorted({a for b in boxes for a in b.actions}))

@@ -79,6 +79,7 @@ __all__ = [
     "write_ava_csv",
     "write_boxes_json",
     "read_label_map",
+    "write_label_map",
     "read_exclusions",
     "keyframe_times",
     "unique_boxes",
@@ -552,7 +553,7 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
             nm, im = _NAME_RE.search(body), _ID_RE.search(body)
             if nm is None or im is None:
                 raise AVAFormatError(f"{name}:{line}: label map item without {'a name' if nm is None else 'an id'}")
-            add(int(im.group(1)), nm.group(1).replace('\\"', '"').replace("\\\\", "\\"), line)
+            add(int(im.group(1)), re.sub(r"\\(.)", r"\1", nm.group(1)), line)
         if not out:
             raise AVAFormatError(f"{name}:1: no 'item {{ name: ... id: ... }}' entries")
         return out
@@ -565,6 +566,22 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
         add(int(m.group(1)), m.group(2), line)
     if not out:
         raise AVAFormatError(f"{name}:1: empty label map")
+    return out
+
+
+def write_label_map(path: str | os.PathLike, labels: dict[int, str]) -> Path:
+    """Write ``labels`` (``{action id: name}``) as an AVA ``.pbtxt`` label map, atomically.
+
+    One ``item { name: "..." id: N }`` per action in the given order; ``"`` and
+    ``\\`` in names are escaped so :func:`read_label_map` returns the names unchanged.
+    """
+    def quoted(name: str) -> str:
+        return name.replace("\\", "\\\\").replace('"', '\\"')
+
+    text = "".join(f'item {{\n  name: "{quoted(name)}"\n  id: {idx}\n}}\n' for idx, name in labels.items())
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(out, text)
     return out
 
 

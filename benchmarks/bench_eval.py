@@ -77,7 +77,7 @@ def make_dataset(root: Path, videos: int) -> Path:
 
 def make_weights(name: str) -> Path:
     """Random (seed 0) weights of registry model ``name`` with two labels, as a user's file."""
-    from videoapp.models.registry import create_model
+    from videoapp.models import create_model
     from videoapp.weights import save_weights
 
     path = BENCH_DIR / f"{name}.safetensors"
@@ -93,7 +93,7 @@ def model_only(weights: Path, data: Path, protocol: str, batch_size: int) -> tup
     from videoapp.data.video import VideoReader
     from videoapp.engine.evaluate import load_protocol
     from videoapp.engine.predict import ViewSampler, resolve_weights_model, view_probs
-    from videoapp.models.registry import create_model
+    from videoapp.models import create_model
 
     model = create_model(resolve_weights_model(weights), pretrained=str(weights)).eval()
     proto = load_protocol(protocol)

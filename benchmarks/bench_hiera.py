@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from videoapp.models.hiera import convert_official  # noqa: E402
-from videoapp.models.registry import create_model  # noqa: E402
+from videoapp.models import create_model  # noqa: E402
 
 NAME = "hiera_base_16x224"
 

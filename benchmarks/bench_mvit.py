@@ -6,7 +6,7 @@ header prints torch's CPU capability).
 
 Both models carry the same weights: torchvision's randomly initialised
 ``mvit_v2_s`` (seed 0) is saved under ``.bench/`` and imported into ours with
-:func:`videoapp.weights.import_checkpoint`, the path a user takes. Both get the
+:func:`videoapp.models.pretrained.import_checkpoint`, the path a user takes. Both get the
 same random clip ``[1, 3, 16, 224, 224]``, with ``torch.set_num_threads(2)``,
 in float32 and under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 

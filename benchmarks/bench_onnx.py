@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from videoapp.models.export import export_onnx  # noqa: E402
-from videoapp.models.registry import create_model  # noqa: E402
+from videoapp.models import create_model  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"
 MODELS = ("mvitv2_s_16x4", "hiera_base_16x224")

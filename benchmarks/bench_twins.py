@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from videoapp.models.registry import create_model  # noqa: E402
+from videoapp.models import create_model  # noqa: E402
 
 MODELS = [
     ("Twins-SVT-S", "twins_svt_s_16x224"),

@@ -8,8 +8,9 @@ import torch
 
 from videoapp.models.detector import ActionDetector, load_backbone_weights
 from videoapp.models.heads import AVAHead
-from videoapp.models.registry import create_model, get_model_entry, list_models
-from videoapp.weights import import_checkpoint, read_metadata, save_weights
+from videoapp.models import create_model, get_model_entry, list_models
+from videoapp.models.pretrained import import_checkpoint
+from videoapp.weights import read_metadata, save_weights
 
 
 # --------------------------------------------------------------------------- an independent RoIAlign

@@ -33,7 +33,7 @@ import torch
 
 from videoapp.cli import main
 from videoapp.data.video import VideoError, VideoReader
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.weights import save_weights
 from videos import (damage_packets_copy, decode_indices, no_hang, overwrite_copy, packet_spans, remux_from,
                     truncate_copy, write_gif, write_image, write_test_video)

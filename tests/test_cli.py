@@ -14,7 +14,7 @@ import torch
 
 from videoapp.cli import main
 from videoapp.engine.predict import Predictor
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.weights import save_weights
 from videos import truncate_copy, write_empty_video, write_test_audio, write_test_video
 

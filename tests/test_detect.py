@@ -21,7 +21,7 @@ from videoapp.engine.detect import (
     keyframe_clip_indices,
     link_person_ids,
 )
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.weights import CheckpointError, save_weights
 from videos import write_test_video
 

@@ -30,7 +30,7 @@ from videoapp.cli import main as cli_main
 from videoapp.data.video import VideoReader
 from videoapp.engine.evaluate import EvalError, evaluate, list_protocols, load_protocol, scores_path
 from videoapp.engine.predict import Predictor, ViewSampler
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.weights import save_weights
 from videos import decode_indices, write_test_video
 

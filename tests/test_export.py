@@ -27,7 +27,7 @@ from random_weights import random_model  # noqa: E402
 
 from videoapp.cli import main as cli_main  # noqa: E402
 from videoapp.models.export import OnnxModel, export_onnx, onnx_metadata  # noqa: E402
-from videoapp.models.registry import create_model  # noqa: E402
+from videoapp.models import create_model  # noqa: E402
 from videoapp.weights import WEIGHTS_DIR, read_metadata  # noqa: E402
 
 SHIPPED = ("default.safetensors", "camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors")

@@ -21,8 +21,8 @@ from videoapp.models.hiera import (
     reroll,
     unroll,
 )
-from videoapp.models.registry import create_model, get_model_entry, list_models
-from videoapp.weights import import_checkpoint
+from videoapp.models import create_model, get_model_entry, list_models
+from videoapp.models.pretrained import import_checkpoint
 
 from random_weights import randomise, random_model, rel_err, with_state
 

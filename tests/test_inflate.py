@@ -19,7 +19,7 @@ from videoapp.models.inflate import (
     resize_pos_embed_2d,
 )
 from videoapp.models.mvitv2 import convert_timm
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videoapp.weights import CheckpointError
 
 from random_weights import random_model, rel_err, with_state
@@ -262,7 +262,7 @@ def test_mvitv2_with_a_cls_token_is_not_an_inflation_target_for_timm(tmp_path):
 
 
 def test_importing_an_image_checkpoint_into_a_video_model_points_to_inflate(tmp_path):
-    from videoapp.weights import import_checkpoint
+    from videoapp.models.pretrained import import_checkpoint
 
     path = tmp_path / "mvitv2_tiny.pth"
     torch.save(timm_mvit("tiny", seed=28, img_size=64).state_dict(), path)

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from videoapp.models.registry import create_model, get_model_entry, list_models
+from videoapp.models import create_model, get_model_entry, list_models
 
 from random_weights import randomise
 

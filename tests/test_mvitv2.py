@@ -15,7 +15,8 @@ from videoapp.models import create_model, list_models
 from videoapp.models import mvitv2 as mv
 from videoapp.models.layers import DropPath, Mlp, PatchEmbed, grid_to_tokens, tokens_to_grid
 from videoapp.models.mvitv2 import CONVERTERS, MViTv2, convert_slowfast, convert_torchvision, detect_source
-from videoapp.weights import CheckpointError, check_state_dict, expected_shapes, import_checkpoint
+from videoapp.models.pretrained import check_state_dict, expected_shapes, import_checkpoint
+from videoapp.weights import CheckpointError
 
 TINY = "mvitv2_xxs_8x64"
 S = "mvitv2_s_16x4"

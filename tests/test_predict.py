@@ -8,7 +8,7 @@ import torch
 from videoapp.data.transforms import ClipTransform
 from videoapp.data.video import VideoReader
 from videoapp.engine.predict import Predictor
-from videoapp.models.registry import create_model
+from videoapp.models import create_model
 from videos import decode_indices, write_test_video
 
 TINY = "mvitv2_xxs_8x64"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from videoapp.cli import main
 from videoapp.engine.predict import Predictor
 from videoapp.models.inflate import inflate_checkpoint, inflate_state_dict
-from videoapp.models.registry import create_model, list_models
+from videoapp.models import create_model, list_models
 from videoapp.models.twins import (
     _SIZES,
     LocallyGroupedAttention,
@@ -26,7 +26,8 @@ from videoapp.models.twins import (
     convert_timm,
     detect_source,
 )
-from videoapp.weights import CheckpointError, import_checkpoint, save_weights
+from videoapp.models.pretrained import import_checkpoint
+from videoapp.weights import CheckpointError, save_weights
 
 from random_weights import random_model, randomise, rel_err, with_state
 from videos import write_test_video
@@ -204,7 +205,8 @@ SMALL = ["twins_pcpvt_xxs_8x64", "twins_svt_xxs_8x64"]
 
 
 def test_registry_lists_all_variants():
-    assert set(list_models("twins_*")) == set(IMAGE + VIDEO + SMALL)
+    # The AVA detectors over Twins backbones (models/detector.py) share the prefix.
+    assert {n for n in list_models("twins_*") if not n.endswith("_ava")} == set(IMAGE + VIDEO + SMALL)
 
 
 @pytest.mark.parametrize("image, video", list(zip(IMAGE, VIDEO)))

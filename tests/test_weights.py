@@ -7,16 +7,9 @@ import pickle
 import pytest
 import torch
 
-from videoapp.models.registry import create_model
-from videoapp.weights import (
-    CheckpointError,
-    import_checkpoint,
-    load_raw_checkpoint,
-    load_weights,
-    metadata_for,
-    read_metadata,
-    save_weights,
-)
+from videoapp.models import create_model
+from videoapp.models.pretrained import import_checkpoint, load_raw_checkpoint, metadata_for
+from videoapp.weights import CheckpointError, load_weights, read_metadata, save_weights
 
 TINY = "mvitv2_xxs_8x64"
 
@@ -140,7 +133,7 @@ def test_ssv2_slowfast_import_records_its_test_protocol(tmp_path):
     from test_mvitv2 import ours_to_slowfast
 
     from videoapp.labels import load_labels
-    from videoapp.weights import ssv2_slowfast_preprocessing
+    from videoapp.models.pretrained import ssv2_slowfast_preprocessing
 
     model = create_model(TINY, num_classes=174)
     path = tmp_path / "ssv2.pyth"

@@ -16,9 +16,9 @@ __all__ = ["create_model", "list_models", "Predictor", "Prediction", "__version_
 
 def __getattr__(name: str) -> Any:
     if name in ("create_model", "list_models"):
-        from videoapp.models import registry
+        from videoapp import models
 
-        return getattr(registry, name)
+        return getattr(models, name)
     if name in ("Predictor", "Prediction"):
         from videoapp.engine import predict
 

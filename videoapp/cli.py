@@ -146,7 +146,7 @@ def _help_and_fail(parser: argparse.ArgumentParser) -> int:
 def _make_predictor(args: argparse.Namespace):
     from videoapp.engine.predict import Predictor
     from videoapp.models.registry import get_model_entry
-    from videoapp.ui.catalog import untrained_model
+    from videoapp.ui.catalog import UNTRAINED_MODEL, untrained_model
     from videoapp.weights import default_weights
 
     weights = args.weights
@@ -155,7 +155,7 @@ def _make_predictor(args: argparse.Namespace):
     if weights is None:
         weights = default_weights()
     if weights is None:
-        name = args.model or "mvitv2_xxs_8x64"
+        name = args.model or UNTRAINED_MODEL
         get_model_entry(name)
         print(
             f"{PROG}: warning: no trained weights available; using an UNTRAINED {name} "
@@ -289,7 +289,8 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 def cmd_weights_import(args: argparse.Namespace) -> int:
     """``videoapp weights import``: reference checkpoint -> our .safetensors with metadata."""
-    from videoapp.weights import import_checkpoint, metadata_for, save_weights
+    from videoapp.models.pretrained import import_checkpoint, metadata_for
+    from videoapp.weights import save_weights
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -608,7 +609,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``videoapp export``: see ``_add_export_parser``."""
     from videoapp.engine.predict import resolve_weights_model
     from videoapp.models.export import DEFAULT_OPSET, export_onnx
-    from videoapp.models.registry import create_model
+    from videoapp.models import create_model
     from videoapp.weights import read_metadata
 
     src = Path(args.weights)

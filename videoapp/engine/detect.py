@@ -251,7 +251,8 @@ class TorchvisionPersonDetector:
     def __init__(self, name: str, weights: str | os.PathLike, device: str = "cpu", person_label: int = 1) -> None:
         from torchvision.models import detection, get_model_builder, list_models
 
-        from videoapp.weights import CheckpointError, load_raw_checkpoint
+        from videoapp.models.pretrained import load_raw_checkpoint
+        from videoapp.weights import CheckpointError
 
         known = list_models(module=detection)
         if name not in known:
@@ -333,7 +334,7 @@ class DetectionPredictor:
                  device: str = "cpu", bf16: bool = False, batch_size: int = 4) -> None:
         from videoapp.engine.predict import resolve_weights_model
         from videoapp.models.detector import ActionDetector
-        from videoapp.models.registry import create_model, get_model_entry
+        from videoapp.models import create_model, get_model_entry
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no CUDA device is available")

@@ -427,7 +427,7 @@ def _load_model(weights: str | os.PathLike | None, model: nn.Module | None, mode
         return model
     if weights is None:
         raise EvalError("no weights to evaluate")
-    from videoapp.models.registry import create_model
+    from videoapp.models import create_model
 
     return create_model(resolve_weights_model(weights, model_name), pretrained=str(weights))
 

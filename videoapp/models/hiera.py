@@ -66,7 +66,7 @@ from videoapp.models.layers import (
     run_block,
     stage_feature_info,
 )
-from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_converters, register_model
 
 __all__ = [
     "Hiera",
@@ -552,7 +552,7 @@ def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-#: Checkpoint format -> converter to our state-dict keys (used by ``videoapp.weights.import_checkpoint``).
+#: Checkpoint format -> converter to our state-dict keys (read by :func:`videoapp.models.pretrained.import_checkpoint`).
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
     "videoapp": _identity,
     "official": convert_official,
@@ -575,6 +575,10 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:
         return "videoapp"
     # Headless: official and our names coincide.
     return "official" if "norm.weight" in keys else None
+
+
+# The pretrained layer (models/pretrained.py) finds the converters here, by registry entry.
+register_converters(__name__, detect_source=detect_source, convert=CONVERTERS)
 
 
 # --------------------------------------------------------------------------- variants

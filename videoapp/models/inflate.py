@@ -30,6 +30,10 @@ arguments live beside each family's rules (:func:`hiera_rules`,
 :func:`inflate_checkpoint` reads any image checkpoint that the family's
 converters understand (timm, official) and returns a state dict for a
 registered video model.
+
+Layers (tests/test_layers.py): inflation sits beside the factory, on the
+pretrained layer (``models.pretrained`` reads and converts checkpoints) and on
+``videoapp.weights`` only for the file format (``CheckpointError``).
 """
 from __future__ import annotations
 
@@ -287,15 +291,16 @@ def inflate_checkpoint(path: str | os.PathLike, model_name: str, num_classes: in
     """Read an image checkpoint (timm, official, ours) and inflate it into registered video model ``model_name``.
 
     The checkpoint is converted to our key names with the family's
-    ``CONVERTERS`` (``source`` as for :func:`videoapp.weights.import_checkpoint`).
+    converters (``source`` as for :func:`videoapp.models.pretrained.import_checkpoint`).
     ``num_classes=None`` keeps the image classifier (its class count), which
     makes the result reproduce the image model on still clips; another count
     gives a freshly initialised head. Unused image keys are an error (the
     image model is not of this family or size). Raises
     :class:`videoapp.weights.CheckpointError` with one line on any mismatch.
     """
-    from videoapp.models.registry import create_model
-    from videoapp.weights import CheckpointError, read_and_convert
+    from videoapp.models.factory import create_model
+    from videoapp.models.pretrained import read_and_convert
+    from videoapp.weights import CheckpointError
 
     image_state, source, _ = read_and_convert(path, model_name, source)
     if num_classes is None and "head.fc.weight" in image_state:

@@ -75,7 +75,9 @@ from videoapp.models.layers import (
     stage_feature_info,
     tokens_to_grid,
 )
-from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, register_model
+from videoapp.models.registry import (
+    IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, register_converters, register_model,
+)
 
 __all__ = [
     "MViTv2",
@@ -313,7 +315,7 @@ class MultiScaleAttention(nn.Module):
         t = rt[:, start:stop].transpose(1, 2)[..., :, None, None]
         hw = (rh[:, start:stop, :, :, None] + rw[:, start:stop, :, None, :]).transpose(1, 2)[..., None, :, :]
         if not inplace:
-            return F.pad((t + hw).reshape(b, heads, n, num_keys - prefix), (prefix, 0))
+            return F.pad((t + hw).flatten(-3), (prefix, 0))  # flatten, not reshape(b, ...): keeps the ONNX graph batch-free
         mask = rt.new_empty(b, heads, n, num_keys)
         mask[..., :prefix] = 0
         torch.add(t, hw, out=mask[..., prefix:].view(b, heads, n, kt, kh, kw))
@@ -329,14 +331,13 @@ class MultiScaleAttention(nn.Module):
         tokens, not the cls row). Returns ``[B, n, dim_out]``. ``inplace`` reuses
         buffers (no autograd).
         """
-        b, n = q.shape[:2]
         # SDPA's default scale head_dim**-0.5 applies to q.k only; the mask is
         # added unscaled, exactly like the reference's rel-pos term.
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         out = out.transpose(1, 2)  # [B, n, heads, hd]
         if residual and self.residual_pooling:
             out = out.add_(q) if inplace else out + q
-        return self.proj(out.reshape(b, n, self.dim_out))
+        return self.proj(out.flatten(2))
 
     def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
         """``[B, P+N, dim]`` on grid ``thw`` -> (``[B, P+N', dim_out]``, ``thw'``)."""
@@ -851,7 +852,7 @@ def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-#: Checkpoint format -> converter to our state-dict keys (used by ``videoapp.weights.import_checkpoint``).
+#: Checkpoint format -> converter to our state-dict keys (read by :func:`videoapp.models.pretrained.import_checkpoint`).
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
     "videoapp": _identity,
     "torchvision": convert_torchvision,
@@ -874,6 +875,10 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:
     if any(k.endswith(".attn.q.weight") for k in keys):
         return "videoapp"
     return None
+
+
+# The pretrained layer (models/pretrained.py) finds the converters here, by registry entry.
+register_converters(__name__, detect_source=detect_source, convert=CONVERTERS)
 
 
 # --------------------------------------------------------------------------- variants

@@ -1,17 +1,25 @@
 """Model registry: small named factory functions over one config per family (as in timm).
 
 A family module (``mvitv2.py``, ``hiera.py``, ...) declares its variants with
-``@register_model(...)``; callers build them by name with :func:`create_model`.
-Each registration also records the preprocessing the variant was trained with
-(clip length, frame stride, crop size, normalisation) so that weights without
-metadata still get sensible defaults.
+``@register_model(...)`` and its checkpoint converters with
+:func:`register_converters`; callers build models by name with
+:func:`videoapp.models.create_model` (``models/factory.py``). Each registration
+also records the preprocessing the variant was trained with (clip length,
+frame stride, crop size, normalisation) so that weights without metadata still
+get sensible defaults.
+
+Layering (tests/test_layers.py checks it): this module imports no other
+videoapp module. The family modules import it to register themselves, and
+``videoapp/models/__init__.py`` imports the families (Python runs a package's
+``__init__`` before any of its submodules, so the registry is always full);
+the registry never imports them back.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import torch
 import torch.nn as nn
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -19,9 +27,8 @@ KINETICS_STD = (0.225, 0.225, 0.225)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Modules that register models on import; imported lazily on first registry use.
-# The detectors come after the families: they look up their backbones' entries.
-_FAMILY_MODULES = ("videoapp.models.mvitv2", "videoapp.models.hiera", "videoapp.models.twins", "videoapp.models.detector")
+#: A checkpoint converter: a state dict in some format -> the same weights under our key names.
+Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,23 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
+@dataclass(frozen=True)
+class Converters:
+    """The checkpoint formats one family module reads (see :func:`register_converters`).
+
+    ``convert`` maps a format name ("videoapp", "torchvision", "slowfast",
+    "official", "timm", ...) to its converter; ``detect_source(state_dict)``
+    names the format of a state dict from its keys, or ``None``.
+    """
+
+    convert: Mapping[str, Converter]
+    detect_source: Callable[[Mapping[str, torch.Tensor]], str | None]
+
+
 _REGISTRY: dict[str, ModelEntry] = {}
-_loaded = False
+# Keyed by the registering module, not the family name: the AVA detectors share
+# their backbones' family names but read their own (detector) state dicts.
+_CONVERTERS: dict[str, Converters] = {}
 
 
 def register_model(
@@ -87,19 +109,34 @@ def register_model(
     return decorate
 
 
-def _ensure_loaded() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for mod in _FAMILY_MODULES:
-            importlib.import_module(mod)
+def register_converters(
+    module: str,
+    *,
+    detect_source: Callable[[Mapping[str, torch.Tensor]], str | None],
+    convert: Mapping[str, Converter],
+) -> None:
+    """Declare the checkpoint formats that the variants registered by ``module`` read.
+
+    Called once at module level by each family (``register_converters(__name__,
+    detect_source=detect_source, convert=CONVERTERS)``); the pretrained layer
+    (``models/pretrained.py``) finds them through :func:`get_converters`.
+    """
+    _CONVERTERS[module] = Converters(convert=dict(convert), detect_source=detect_source)
+
+
+def get_converters(name: str) -> Converters:
+    """The :class:`Converters` of registered model ``name`` (only our own format if its family declares none)."""
+    entry = get_model_entry(name)
+    found = _CONVERTERS.get(entry.module)
+    if found is None:
+        return Converters(convert={"videoapp": dict}, detect_source=lambda state: None)
+    return found
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted registered model names, optionally filtered by a shell-style ``pattern``."""
     import fnmatch
 
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
@@ -110,62 +147,8 @@ def get_model_entry(name: str) -> ModelEntry:
     """The :class:`ModelEntry` for ``name``; :class:`UnknownModelError` with close matches if unknown."""
     import difflib
 
-    _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see `videoapp models`)"
         raise UnknownModelError(f"unknown model '{name}'{hint}")
     return _REGISTRY[name]
-
-
-def family_module(name: str):
-    """The Python module that defines model ``name`` (holds its checkpoint converters)."""
-    return importlib.import_module(get_model_entry(name).module)
-
-
-def create_model(
-    name: str,
-    pretrained: str | None = None,
-    num_classes: int | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """Build a registered model, optionally with weights.
-
-    ``pretrained`` is a path to our ``.safetensors`` or to any checkpoint that
-    :func:`videoapp.weights.import_checkpoint` understands. With
-    ``num_classes=None`` the head takes its size from the weights (or the
-    variant's default without weights). The model gets two attributes:
-    ``labels`` (list of class names or ``None``) and ``data_config`` (the
-    preprocessing dict, see :class:`ModelEntry`).
-    """
-    entry = get_model_entry(name)
-    data_config = dict(entry.data)
-    labels = None
-    state_dict = None
-    if pretrained is not None:
-        from videoapp.weights import import_checkpoint
-
-        state_dict, report = import_checkpoint(pretrained, name)
-        labels = report.labels
-        data_config.update(report.data_config)
-        ckpt_classes = report.num_classes
-        if num_classes is None:
-            num_classes = ckpt_classes
-        elif ckpt_classes is not None and num_classes != ckpt_classes:
-            # A new head is requested: keep the backbone, drop the old classifier.
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-            labels = None
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    model = entry.factory(**overrides)
-    if state_dict is not None:
-        # import_checkpoint already checked names and shapes; only a replaced head may be absent.
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        if unexpected or any(not k.startswith("head.") for k in missing):
-            from videoapp.weights import CheckpointError
-
-            raise CheckpointError(f"weights do not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.labels = labels
-    model.data_config = data_config
-    model.model_name = name
-    return model

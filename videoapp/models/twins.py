@@ -61,7 +61,7 @@ from videoapp.models.layers import (
     stage_feature_info,
     tokens_to_grid,
 )
-from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_converters, register_model
 
 __all__ = [
     "Twins",
@@ -512,7 +512,7 @@ def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-#: Checkpoint format -> converter to our state-dict keys (used by ``videoapp.weights.import_checkpoint``).
+#: Checkpoint format -> converter to our state-dict keys (read by :func:`videoapp.models.pretrained.import_checkpoint`).
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
     "videoapp": _identity,
     "timm": convert_timm,
@@ -529,6 +529,10 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:
     if "pos_block.0.proj.weight" in keys:
         return "videoapp"
     return None
+
+
+# The pretrained layer (models/pretrained.py) finds the converters here, by registry entry.
+register_converters(__name__, detect_source=detect_source, convert=CONVERTERS)
 
 
 # --------------------------------------------------------------------------- variants

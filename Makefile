@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_timeline_memory.py
 	$(PY) benchmarks/bench_mvit.py
 	$(PY) benchmarks/bench_hiera.py
 	$(PY) benchmarks/bench_twins.py

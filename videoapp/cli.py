@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from videoapp.files import atomic_write_text, first_line
+
 PROG = "videoapp"
 
 
@@ -206,9 +208,7 @@ def _write_output(text: str, out: str | None) -> None:
         raise UsageError(f"{out}: is a directory")
     if not path.parent.exists():
         raise UsageError(f"{out}: folder {path.parent} does not exist")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -559,7 +559,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                               time_offset=args.time_offset if rows is not None else 0.0)
         except (VideoError, DetectError) as exc:
             failed += 1
-            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
             continue
         results.append(det)
     buf = io.StringIO()
@@ -803,18 +803,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, VideoError, CheckpointError, UnknownModelError, ValueError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-
-
-def _one_line(exc: object) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from videoapp.files import atomic_path, first_line
+
 logger = logging.getLogger("videoapp")
 
 DB_NAME = "labels.db"
@@ -82,9 +84,6 @@ SOURCES = ("model", "person")
 BOX_SOURCES = ("person", "hog", "file")
 AVA_CSV_NAME = "boxes.csv"
 AVA_LABEL_MAP_NAME = "label_map.pbtxt"
-# Extensions we keep for stored clips (from the uploaded name, lower-cased); anything else is stored as .video.
-CLIP_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
-KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 EXTRA_COLUMNS = ("sha256", "start_s", "end_s", "source", "labeled_by", "labeled_at")
 MAX_LABEL_LEN = 100
 _COPY_CHUNK = 1 << 20
@@ -316,8 +315,7 @@ def _check_score(score: Any) -> float | None:
 
 def _first_line(exc: BaseException, path: Path) -> str:
     """``exc``'s message on one line, with the server path shortened to the file's name."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text.replace(os.fspath(path), display_name(path.name))
+    return first_line(exc).replace(os.fspath(path), display_name(path.name))
 
 
 @dataclass
@@ -565,11 +563,12 @@ class LabelStore:
         clip is returned). Raises :class:`UploadRefused` (nothing stored) for a
         file over the size limit or one that does not decode.
         """
-        from videoapp.data.video import VideoError, VideoReader
+        from videoapp.data.video import VIDEO_EXTENSIONS, VideoError, VideoReader
 
         name = display_name(original_name or Path(src).name)
         suffix = os.path.splitext(name)[1].lower()
-        ext = suffix if suffix in CLIP_EXTENSIONS else ".video"
+        # Extensions we keep for stored clips (from the uploaded name, lower-cased); anything else is stored as .video.
+        ext = suffix if suffix in VIDEO_EXTENSIONS else ".video"
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}{ext}"
         try:
             digest, size = self._copy_hashing(Path(src), tmp, name)
@@ -580,7 +579,7 @@ class LabelStore:
             except VideoError as exc:
                 raise UploadRefused(f"{name}: not a video this app can decode ({exc.problem})") from None
             except Exception as exc:  # a decoder failing in a way VideoReader did not anticipate
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)[:200]
                 raise UploadRefused(f"{name}: not a video this app can decode ({reason})") from None
             existing = self.get_clip(digest)
             if existing is not None:
@@ -1168,13 +1167,14 @@ class LabelStore:
         otherwise the frames of ``[start_s, end_s)`` are decoded and encoded
         as H.264 MP4 (PyAV, even frame size), and ``dst`` gets ``.mp4``.
         """
+        from videoapp.data.video import VIDEO_EXTENSIONS, VideoReader
+
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if start_s is None and end_s is None and clip.ext in CLIP_EXTENSIONS:
+        if start_s is None and end_s is None and clip.ext in VIDEO_EXTENSIONS:
             out = dst.with_suffix(clip.ext)
             shutil.copyfile(clip.path, out)
             return out
         from videoapp.data.synthetic import write_video
-        from videoapp.data.video import VideoReader
 
         out = dst.with_suffix(".mp4")
         with VideoReader(clip.path) as reader:
@@ -1185,9 +1185,8 @@ class LabelStore:
             stop = min(max(stop, first + 1), info.num_frames)
             h, w = info.height - info.height % 2, info.width - info.width % 2
             frames = (f[:h, :w] for _, f in reader.iter_frames(first, stop))
-            tmp = out.with_name(out.stem + ".part.mp4")
-            write_video(tmp, frames, fps=info.fps)
-            os.replace(tmp, out)
+            with atomic_path(out, keep_suffix=True) as tmp:
+                write_video(tmp, frames, fps=info.fps)
         return out
 
     def export_kinetics(self, out_dir: str | os.PathLike | None = None, *, include_model: bool = False,
@@ -1199,16 +1198,15 @@ class LabelStore:
         Kinetics) and ``start_s``/``end_s`` the exact segment. Each video is cut
         to its segment, so it starts at the segment's start.
         """
-        from videoapp.data.datasets import kinetics_stem
+        from videoapp.data.datasets import KINETICS_FIELDS, kinetics_stem
 
         out = Path(out_dir) if out_dir is not None else self.new_export_dir("kinetics")
         out.mkdir(parents=True, exist_ok=True)
         rows = self._export_rows(include_model)
         csv_path = out / "labels.csv"
-        tmp = csv_path.with_name("labels.csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(KINETICS_COLUMNS + EXTRA_COLUMNS)
+            w.writerow(KINETICS_FIELDS + EXTRA_COLUMNS)
             for clip, lab in rows:
                 s = lab.start_s or 0.0
                 e = clip.duration_s if lab.end_s is None else lab.end_s
@@ -1218,7 +1216,6 @@ class LabelStore:
                                        out / "videos" / kinetics_stem(clip.short_id, t0, t1))
                 w.writerow([lab.label, clip.short_id, t0, t1, split, clip.sha256, _fmt_seconds(lab.start_s),
                             _fmt_seconds(lab.end_s), lab.source, lab.labeled_by, lab.labeled_at])
-        os.replace(tmp, csv_path)
         return csv_path
 
     def export_folder(self, out_dir: str | os.PathLike | None = None, *, include_model: bool = False) -> Path:

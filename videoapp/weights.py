@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import torch
 
+from videoapp.files import atomic_path, first_line
+
 # Metadata keys whose values are JSON (everything else is a plain string).
 _JSON_KEYS = {
     "labels", "num_frames", "sampling_rate", "crop_size", "mean", "std", "metrics", "train",
@@ -71,12 +73,11 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     header = {k: (json.dumps(v) if k in _JSON_KEYS or not isinstance(v, str) else v) for k, v in metadata.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    # safetensors creates the file 0600; weights are meant to be shared like any output file.
-    # (A fixed mode: reading the umask means setting it, which races with other threads.)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+        # safetensors creates the file 0600; weights are meant to be shared like any output file.
+        # (A fixed mode: reading the umask means setting it, which races with other threads.)
+        os.chmod(tmp, 0o644)
     return path
 
 
@@ -119,10 +120,3 @@ def _decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of ``str(exc)`` (its type name when empty): one-line error messages."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-_first_line = first_line  # the older private name (models/export.py)

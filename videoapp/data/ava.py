@@ -66,6 +66,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
+from videoapp.files import atomic_write_text
+
 __all__ = [
     "AVAFormatError",
     "AVARow",
@@ -374,10 +376,7 @@ def _write_text(file_or_path: str | os.PathLike | IO[str], text: str) -> None:
     if hasattr(file_or_path, "write"):
         file_or_path.write(text)  # type: ignore[union-attr]
         return
-    path = Path(file_or_path)  # type: ignore[arg-type]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(file_or_path, text)  # type: ignore[arg-type]
 
 
 def unique_boxes(rows: Iterable[AVARow]) -> list[AVARow]:

@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from videoapp.data.sampling import clip_indices, random_clip_indices, uniform_indices
-from videoapp.data.transforms import ClipTransform, TrainTransform, normalize, to_tensor
+from videoapp.data.transforms import ClipTransform, TrainTransform, normalize, short_side_for_crop, to_tensor
+from videoapp.data.video import VIDEO_EXTENSIONS
 
 logger = logging.getLogger("videoapp")
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
+# The columns of a Kinetics annotation CSV (the store's Kinetics export writes these first).
 KINETICS_FIELDS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
@@ -398,8 +399,8 @@ class VideoDataset(_Epoch, torch.utils.data.Dataset):
         self.train = train
         self.seed = seed
         if train:
-            lo = int(min_scale or round(crop_size * 256 / 224))
-            hi = int(max_scale or max(lo, round(crop_size * 320 / 224)))
+            lo = int(min_scale or short_side_for_crop(crop_size))
+            hi = int(max_scale or max(lo, short_side_for_crop(crop_size, 320)))
             self.transform = TrainTransform(crop_size, mean, std, min_scale=lo, max_scale=hi, flip=flip,
                                             inverse_uniform=sampling == "uniform", channel_order=channel_order)
         else:

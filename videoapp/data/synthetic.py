@@ -573,9 +573,9 @@ def camera_motion_clip(label: str, times: np.ndarray, height: int, width: int, r
             break
     frames = _sample(picture, path, height, width, placement)
     if view_size is not None:
-        from videoapp.data.transforms import center_crop, resize_short_side
+        from videoapp.data.transforms import center_crop, resize_short_side, short_side_for_crop
 
-        short = int(round(view_size * 256 / 224))
+        short = short_side_for_crop(view_size)
         # [T, 3, H, W] is laid out like a [C, T, H, W] clip for the spatial transforms.
         frames = center_crop(resize_short_side(frames, short), view_size)
     return _finish(frames, times, picture.grey, rng, objects=objects)
@@ -777,16 +777,6 @@ def camera_motion_sequence(labels: Sequence[str], seconds_each: float = 2.0, fps
     frames = render_path(img, path, height, width, rng, min_scale=0.5, max_scale=2.0)
     spans = [(i * n_each / fps, (i + 1) * n_each / fps, label) for i, label in enumerate(labels)]
     return frames, spans
-
-
-def demo_frames(num_frames: int = 150, height: int = 240, width: int = 320, seed: int = 0) -> Iterable[np.ndarray]:
-    """Frames of a camera panning right over a procedural scene (the scene slides left)."""
-    rng = np.random.default_rng(seed)
-    scene = procedural_texture(height, width * 3, rng)
-    speed = (scene.shape[1] - width) / max(num_frames - 1, 1)
-    for t in range(num_frames):
-        x = int(round(t * speed))
-        yield scene[:, x : x + width]
 
 
 def main(argv: list[str] | None = None) -> int:

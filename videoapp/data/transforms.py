@@ -36,6 +36,7 @@ import torch.nn.functional as F
 __all__ = [
     "to_tensor",
     "resize_short_side",
+    "short_side_for_crop",
     "center_crop",
     "uniform_crop",
     "three_crops",
@@ -84,6 +85,15 @@ def _resize_clip(x: torch.Tensor, out_h: int, out_w: int, antialias: bool) -> to
     out = F.interpolate(planes, size=(out_h, out_w), mode="bilinear", align_corners=False,
                         antialias=antialias)
     return out.reshape(c, t, out_h, out_w)
+
+
+def short_side_for_crop(crop_size: int, resize: int = 256) -> int:
+    """The short side (pixels) to resize to before a ``crop_size`` centre crop: ``round(crop_size * resize / 224)``.
+
+    The ImageNet rule "resize 256, crop 224" scaled to other crop sizes (e.g.
+    160 -> 183); ``resize=320`` gives the upper end of the training scale jitter.
+    """
+    return int(round(crop_size * resize / 224))
 
 
 def resize_short_side(x: ArrayLike, size: int, antialias: bool = False) -> ArrayLike:
@@ -227,7 +237,7 @@ class ClipTransform:
         self.crop_size = int(crop_size)
         self.num_crops = num_crops
         if short_side is None:
-            short_side = int(round(crop_size * 256 / 224)) if num_crops == 1 else crop_size
+            short_side = short_side_for_crop(crop_size) if num_crops == 1 else crop_size
         if short_side < crop_size:
             raise ValueError(f"short_side {short_side} is smaller than crop_size {crop_size}")
         self.short_side = int(short_side)

@@ -79,7 +79,10 @@ import numpy as np
 
 logger = logging.getLogger("videoapp")
 
-__all__ = ["VideoError", "VideoInfo", "VideoReader", "probe"]
+__all__ = ["VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "VideoReader", "probe"]
+
+# File extensions taken for videos (lower-case): folder datasets list these, the store keeps them.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 
 # Frames of at most this many bytes are fetched per decord call when iterating,
 # so a sequential pass never holds more than a few dozen MB of decoded frames.

@@ -51,6 +51,8 @@ logger = logging.getLogger("videoapp")
 
 __all__ = [
     "DetectError",
+    "draw_box",
+    "keyframe_index",
     "PersonBox",
     "BoxActions",
     "VideoDetections",
@@ -315,7 +317,8 @@ def keyframe_clip_indices(centre: int, num_frames: int, sampling_rate: int, num_
     return np.clip(idx, 0, num_video_frames - 1)
 
 
-def _keyframe_index(seconds: float, fps: float, num_video_frames: int) -> int:
+def keyframe_index(seconds: float, fps: float, num_video_frames: int) -> int:
+    """The frame shown at ``seconds`` (video time) at ``fps``: ``round(seconds * fps)`` clamped to the video."""
     return min(max(int(round(seconds * fps)), 0), num_video_frames - 1)
 
 
@@ -451,7 +454,7 @@ class DetectionPredictor:
         chunk = 16  # keyframe frames decoded at once (bounded memory on long videos)
         for c in range(0, len(times), chunk):
             part = times[c:c + chunk]
-            frames = reader.get_frames([_keyframe_index(t, info.fps, info.num_frames) for t in part])
+            frames = reader.get_frames([keyframe_index(t, info.fps, info.num_frames) for t in part])
             for t, frame in zip(part, frames):
                 ts = format_timestamp(t)
                 out[canonical_timestamp(ts)] = [PersonBox(ts, box, score) for box, score in detector(frame)
@@ -519,7 +522,7 @@ class DetectionPredictor:
             work = [k for k in keys if per_kf[k]]
             windows = []
             for k in work:
-                centre = _keyframe_index(float(k) - offset, info.fps, n)
+                centre = keyframe_index(float(k) - offset, info.fps, n)
                 idx = keyframe_clip_indices(centre, self.num_frames, self.sampling_rate, n)
                 windows.append(Window(float(idx[0]) / info.fps, float(idx[-1] + 1) / info.fps, idx))
             bar = tqdm(total=len(work), desc=Path(path).name, unit="kf", disable=disable, leave=False)
@@ -574,14 +577,21 @@ def write_overlay(out: str | os.PathLike, det: VideoDetections, threshold: float
                     j = int(np.argmin(np.abs(kf_times - t)))
                     if abs(kf_times[j] - t) <= half + 1e-9:
                         for b in by_kf[kf_keys[j]]:
-                            _draw_box(cv2, img, b, det.labels, threshold, top, w, h)
+                            draw_box(cv2, img, b, det.labels, threshold, top, w, h)
                 bar.update(1)
                 yield img
 
     return write_video(out, frames(), fps=det.fps)
 
 
-def _draw_box(cv2, img: np.ndarray, b: BoxActions, labels: Sequence[str], threshold: float, top: int, w: int, h: int) -> None:
+def draw_box(cv2, img: np.ndarray, b: BoxActions, labels: Sequence[str], threshold: float, top: int, w: int, h: int) -> None:
+    """Draw one person's box and its ``top`` actions scoring ``>= threshold`` onto ``img`` in place.
+
+    ``cv2``: the OpenCV module (imported by the caller, an optional dependency);
+    ``img``: uint8 ``[h, w, 3]`` frame of ``w`` x ``h`` pixels; ``b.person.box``:
+    normalised ``(x1, y1, x2, y2)`` in ``[0, 1]``; ``labels``: class names by score index.
+    The colour and the ``#id`` tag follow the person id (0 when untracked).
+    """
     x1, y1, x2, y2 = b.person.box
     p1, p2 = (int(round(x1 * (w - 1))), int(round(y1 * (h - 1)))), (int(round(x2 * (w - 1))), int(round(y2 * (h - 1))))
     pid = b.person.person_id if b.person.person_id is not None else 0

@@ -55,6 +55,7 @@ from videoapp.data.datasets import (
     read_ssv2,
 )
 from videoapp.engine.predict import ViewSampler, resolve_weights_model, view_probs
+from videoapp.files import atomic_path, atomic_write_text, first_line, save_png
 
 logger = logging.getLogger("videoapp")
 
@@ -109,7 +110,7 @@ def load_protocol(spec: str | os.PathLike | None, dataset: str = "kinetics") -> 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise EvalError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise EvalError(f"{path}: not valid YAML ({first_line(exc)})") from None
     unknown = sorted(set(data) - {"name", "clips", "crops", "sampling", "use_offset", "source"})
     if unknown:
         raise EvalError(f"{path}: unknown protocol keys {unknown}")
@@ -317,12 +318,10 @@ def _read_records(path: Path, header: dict) -> dict[str, dict]:
 
 
 def _write_records(path: Path, header: dict, records: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(header) + "\n")
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 def _record(item: EvalItem, probs: np.ndarray | None, error: str | None, views: int) -> dict:
@@ -392,12 +391,7 @@ def plot_confusion(confusion: dict, path: str | os.PathLike, title: str = "") ->
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -636,9 +630,7 @@ def _evaluate(d, *, dataset, annotations, data_root, labels, weights, model, mod
                 "device": str(d.device), "bf16": bool(bf16),
                 "resumed_videos": len(records) - sum(len(g["records"]) for g in gathered)},
     }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     problems = len(missing) + len(bad)
     line = ""
     if problems:

@@ -54,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from videoapp.config import Config, ConfigError, config_to_dict, dump_config
+from videoapp.files import atomic_path, atomic_write_text, first_line, save_png
 
 logger = logging.getLogger("videoapp")
 
@@ -559,9 +560,7 @@ class _Outputs:
         if not self.enabled:
             return
         path = self.dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
         self._note(path)
 
     def log(self, record: dict) -> None:
@@ -584,9 +583,8 @@ class _Outputs:
         if not self.enabled:
             return
         path = self.dir / CHECKPOINT_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
         self._note(path)
 
     def save_weights(self, model: nn.Module, metadata: dict, extra: str | None = None) -> Path | None:
@@ -599,9 +597,8 @@ class _Outputs:
         if extra:
             target = Path(extra)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
             self._note(target)
         return path
 
@@ -645,12 +642,7 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> Path:
     ax2.grid(alpha=0.3)
     ax2.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -658,7 +650,7 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise TrainError(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise TrainError(f"{path}: cannot read the checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
         raise TrainError(f"{path}: not a videoapp training checkpoint")
     return state

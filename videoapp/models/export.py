@@ -57,6 +57,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from videoapp.files import first_line
+
 __all__ = [
     "ExportError",
     "ExportReport",
@@ -117,12 +119,6 @@ def _require(module: str, what: str) -> Any:
         raise ExportError(f"{what} needs the '{module}' package ({_INSTALL_HINT})") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    from videoapp.weights import _first_line as first_line
-
-    return first_line(exc)
-
-
 # --------------------------------------------------------------------------- metadata
 def _encode(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): json.dumps(v) for k, v in metadata.items() if v is not None}
@@ -144,7 +140,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, others OSError
-        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     return _decode({p.key: p.value for p in model.metadata_props})
 
 
@@ -154,7 +150,7 @@ def check_onnx(path: str | os.PathLike) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"{path}: onnx.checker rejected the model ({_first_line(exc)})") from None
+        raise ExportError(f"{path}: onnx.checker rejected the model ({first_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- exporters
@@ -261,7 +257,7 @@ def _compare(model: nn.Module, session: Any, batches: tuple[int, ...], shape: tu
         try:
             out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].astype(np.float64)
         except Exception as exc:
-            raise ExportError(f"onnxruntime failed on a batch of {b} ({_first_line(exc)})") from None
+            raise ExportError(f"onnxruntime failed on a batch of {b} ({first_line(exc)})") from None
         if out.shape != ref.shape:
             raise ExportError(f"onnxruntime returned logits {list(out.shape)}, PyTorch {list(ref.shape)}")
         diff = max(diff, float(np.abs(out - ref).max()))
@@ -278,7 +274,7 @@ def _session(path: Path, num_threads: int | None = None) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own (non-standard) exception types
-        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- export
@@ -332,7 +328,7 @@ def export_onnx(
     try:
         logits = _torch_logits(model, x)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ExportError(f"{name} cannot run {frames}x{crop}x{crop} clips ({_first_line(exc)})") from None
+        raise ExportError(f"{name} cannot run {frames}x{crop}x{crop} clips ({first_line(exc)})") from None
     if logits.ndim != 2:
         raise ExportError(f"{name} returns {list(logits.shape)}, not logits [B, num_classes]: only classifiers export")
     num_classes = int(logits.shape[1])
@@ -365,7 +361,7 @@ def export_onnx(
             except ExportError:
                 raise
             except Exception as exc:
-                last_error = ExportError(f"{name}: the {used} exporter failed ({_first_line(exc)})")
+                last_error = ExportError(f"{name}: the {used} exporter failed ({first_line(exc)})")
                 continue
             _add_metadata(tmp, {**meta, "exporter": used, "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME})
             check_onnx(tmp)

@@ -24,7 +24,8 @@ import torch
 
 from videoapp.labels import DATASET_BY_NUM_CLASSES, load_labels
 from videoapp.models.registry import UnknownModelError, get_converters, get_model_entry
-from videoapp.weights import DATA_KEYS, CheckpointError, first_line, load_weights
+from videoapp.files import first_line
+from videoapp.weights import DATA_KEYS, CheckpointError, load_weights
 
 __all__ = [
     "ImportReport",

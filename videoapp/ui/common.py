@@ -5,6 +5,8 @@ import html
 import logging
 from typing import Any
 
+from videoapp.files import first_line
+
 logger = logging.getLogger("videoapp")
 
 MODEL_LABEL_SET = "model"  # value of the "labels of the selected model" entry in the label-set list
@@ -30,5 +32,5 @@ def _n(count: int, word: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """``first_line(exc)`` cut to 300 characters, so a page never shows a wall of text."""
+    return first_line(exc)[:300]

@@ -180,7 +180,7 @@ class DetectPage(AppBase):
         import cv2
 
         from videoapp.data.video import VideoReader
-        from videoapp.engine.detect import _draw_box, _keyframe_index
+        from videoapp.engine.detect import draw_box, keyframe_index
 
         by_kf: dict[str, list] = {}
         for b in det.boxes:
@@ -191,13 +191,13 @@ class DetectPage(AppBase):
         out = []
         with VideoReader(det.video) as reader:
             info = reader.info
-            idx = [_keyframe_index(float(k) - offset, info.fps, info.num_frames) for k in keys]
+            idx = [keyframe_index(float(k) - offset, info.fps, info.num_frames) for k in keys]
             for i, (k, frame) in enumerate(zip(keys, reader.get_frames(idx))):
                 img = np.ascontiguousarray(frame)
                 h, w = img.shape[:2]
                 parts = []
                 for b in by_kf.get(k, []):
-                    _draw_box(cv2, img, b, det.labels, threshold, 3, w, h)
+                    draw_box(cv2, img, b, det.labels, threshold, 3, w, h)
                     order = [int(j) for j in np.argsort(-b.scores, kind="stable")[:3] if b.scores[j] >= threshold]
                     acts = ", ".join(f"{det.labels[j]} {b.scores[j]:.2f}" for j in order) or "no action"
                     parts.append(f"#{b.person.person_id}: {acts}")

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from videoapp.files import first_line
 from videoapp.store import LabelStore, StoreError
 
 logger = logging.getLogger("videoapp")
@@ -199,8 +200,7 @@ class FineTuner:
             self._train(job)
         except Exception as exc:  # report, never crash the server thread
             logger.exception("fine-tune %s failed", job.id)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self._finish(job, "failed", first)
+            self._finish(job, "failed", first_line(exc))
 
     def _prepare(self, job: FineTuneJob, base_weights, base_labels) -> None:
         job.job_dir.mkdir(parents=True, exist_ok=True)

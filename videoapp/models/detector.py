@@ -40,9 +40,7 @@ import torch
 import torch.nn as nn
 
 from videoapp.models.heads import AVAHead
-from videoapp.models.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, get_model_entry, register_converters, register_model,
-)
+from videoapp.models.registry import get_model_entry, register_converters, register_model
 
 __all__ = [
     "ActionDetector",
@@ -195,48 +193,50 @@ def _build(backbone_name: str, overrides: dict[str, Any]) -> ActionDetector:
     return ActionDetector(backbone, num_classes, head_dropout, roi_size, backbone_name=backbone_name)
 
 
-def _detector(backbone: str, **data: Any):
-    # Detector variants share their backbone's family name (``videoapp models`` groups them).
-    return register_model(get_model_entry(backbone).family, task="detection", backbone=backbone, **data)
+def _detector(backbone: str):
+    # A detector takes its clip protocol from its backbone's registry entry (one source), and
+    # shares its family name (``videoapp models`` groups them).
+    entry = get_model_entry(backbone)
+    return register_model(entry.family, **{**entry.data, "task": "detection", "backbone": backbone})
 
 
-@_detector("mvitv2_s_16x4", num_frames=16, sampling_rate=4, crop_size=224, mean=KINETICS_MEAN, std=KINETICS_STD)
+@_detector("mvitv2_s_16x4")
 def mvitv2_s_16x4_ava(**kwargs: Any) -> ActionDetector:
     """MViTv2-S 16x4 AVA detector, 224 px short side: RoIAlign head on the last stage, 80 actions."""
     return _build("mvitv2_s_16x4", kwargs)
 
 
-@_detector("mvitv2_b_32x3", num_frames=32, sampling_rate=3, crop_size=224, mean=KINETICS_MEAN, std=KINETICS_STD)
+@_detector("mvitv2_b_32x3")
 def mvitv2_b_32x3_ava(**kwargs: Any) -> ActionDetector:
     """MViTv2-B 32x3 AVA detector, 224 px short side: RoIAlign head on the last stage, 80 actions."""
     return _build("mvitv2_b_32x3", kwargs)
 
 
-@_detector("hiera_base_16x224", num_frames=16, sampling_rate=4, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+@_detector("hiera_base_16x224")
 def hiera_base_16x224_ava(**kwargs: Any) -> ActionDetector:
     """Hiera-B 16x4 AVA detector, 224 x 224 px: RoIAlign head on the last stage, 80 actions."""
     return _build("hiera_base_16x224", kwargs)
 
 
-@_detector("twins_svt_s_16x224", num_frames=16, sampling_rate=4, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+@_detector("twins_svt_s_16x224")
 def twins_svt_s_16x224_ava(**kwargs: Any) -> ActionDetector:
     """Twins-SVT-S 16x4 AVA detector, 224 px short side: RoIAlign head on the last stage, 80 actions."""
     return _build("twins_svt_s_16x224", kwargs)
 
 
-@_detector("mvitv2_xxs_8x64", num_frames=8, sampling_rate=8, crop_size=64, mean=KINETICS_MEAN, std=KINETICS_STD)
+@_detector("mvitv2_xxs_8x64")
 def mvitv2_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """MViTv2-XXS 8x8 detector, 64 px short side (tests, small models): 80 actions by default."""
     return _build("mvitv2_xxs_8x64", kwargs)
 
 
-@_detector("hiera_xxs_8x64", num_frames=8, sampling_rate=8, crop_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+@_detector("hiera_xxs_8x64")
 def hiera_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """Hiera-XXS 8x8 detector, 64 x 64 px (tests, small models): 80 actions by default."""
     return _build("hiera_xxs_8x64", kwargs)
 
 
-@_detector("twins_svt_xxs_8x64", num_frames=8, sampling_rate=8, crop_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+@_detector("twins_svt_xxs_8x64")
 def twins_svt_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """Twins-SVT-XXS 8x8 detector, 64 px short side (tests, small models): 80 actions by default."""
     return _build("twins_svt_xxs_8x64", kwargs)

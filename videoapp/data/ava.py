@@ -405,6 +405,18 @@ def unique_boxes(rows: Iterable[AVARow]) -> list[AVARow]:
 # ----------------------------------------------------------------------------- JSON
 
 
+def _read_text(name: str, kind: str) -> str:
+    """The UTF-8 text of file ``name``; :class:`AVAFormatError` (line 0) when it cannot be read as ``kind``."""
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AVAFormatError(f"{name}:0: no such file") from None
+    except IsADirectoryError:
+        raise AVAFormatError(f"{name}:0: is a directory, not {kind}") from None
+    except UnicodeDecodeError:
+        raise AVAFormatError(f"{name}:0: not a text (UTF-8) file") from None
+
+
 def read_boxes_json(path: str | os.PathLike) -> list[AVARow]:
     """Person boxes from the JSON box format (module docstring), one :class:`AVARow` per box.
 
@@ -415,14 +427,7 @@ def read_boxes_json(path: str | os.PathLike) -> list[AVARow]:
     the line (of the JSON syntax error) or the entry (``entry N``, 0-based).
     """
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AVAFormatError(f"{name}:0: no such file") from None
-    except IsADirectoryError:
-        raise AVAFormatError(f"{name}:0: is a directory, not a JSON file") from None
-    except UnicodeDecodeError:
-        raise AVAFormatError(f"{name}:0: not a text (UTF-8) file") from None
+    text = _read_text(name, "a JSON file")
     try:
         # Decimal keeps a numeric timestamp's spelling; float(Decimal(s)) == float(s) exactly.
         data = json.loads(text, parse_float=Decimal)
@@ -530,14 +535,7 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
     or an id, or a repeated id.
     """
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AVAFormatError(f"{name}:0: no such file") from None
-    except IsADirectoryError:
-        raise AVAFormatError(f"{name}:0: is a directory, not a label map") from None
-    except UnicodeDecodeError:
-        raise AVAFormatError(f"{name}:0: not a text (UTF-8) file") from None
+    text = _read_text(name, "a label map")
     out: dict[int, str] = {}
 
     def add(idx: int, label: str, line: int) -> None:

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from videoapp.models.heads import AVAHead
-from videoapp.models.registry import get_model_entry, register_converters, register_model
+from videoapp.models.registry import keep_keys, get_model_entry, register_converters, register_model
 
 __all__ = [
     "ActionDetector",
@@ -160,13 +160,9 @@ def load_backbone_weights(detector: ActionDetector, path: str, source: str = "au
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return dict(state_dict)
-
-
 #: Checkpoint format -> converter (read by :func:`videoapp.models.pretrained.import_checkpoint`). Detectors are
 #: saved in our format only; a backbone's own checkpoints go through :func:`load_backbone_weights`.
-CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {"videoapp": _identity}
+CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {"videoapp": keep_keys}
 
 
 def detect_source(state_dict: dict[str, torch.Tensor]) -> str | None:

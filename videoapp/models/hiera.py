@@ -66,7 +66,7 @@ from videoapp.models.layers import (
     run_block,
     stage_feature_info,
 )
-from videoapp.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_converters, register_model
+from videoapp.models.registry import keep_keys, IMAGENET_MEAN, IMAGENET_STD, register_converters, register_model
 
 __all__ = [
     "Hiera",
@@ -548,13 +548,9 @@ def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return dict(state_dict)
-
-
 #: Checkpoint format -> converter to our state-dict keys (read by :func:`videoapp.models.pretrained.import_checkpoint`).
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "videoapp": _identity,
+    "videoapp": keep_keys,
     "official": convert_official,
     "timm": convert_timm,
 }

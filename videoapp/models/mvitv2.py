@@ -76,6 +76,7 @@ from videoapp.models.layers import (
     tokens_to_grid,
 )
 from videoapp.models.registry import (
+    keep_keys,
     IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, register_converters, register_model,
 )
 
@@ -848,13 +849,9 @@ def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _identity(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return dict(state_dict)
-
-
 #: Checkpoint format -> converter to our state-dict keys (read by :func:`videoapp.models.pretrained.import_checkpoint`).
 CONVERTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "videoapp": _identity,
+    "videoapp": keep_keys,
     "torchvision": convert_torchvision,
     "slowfast": convert_slowfast,
     "timm": convert_timm,

@@ -109,6 +109,11 @@ def register_model(
     return decorate
 
 
+def keep_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The converter for our own state dicts (format ``videoapp``): a shallow copy, keys unchanged."""
+    return dict(state_dict)
+
+
 def register_converters(
     module: str,
     *,

@@ -84,7 +84,7 @@ def make_weights(name: str) -> Path:
     if not path.exists():
         torch.manual_seed(0)
         model = create_model(name, num_classes=2)
-        save_weights(path, model.state_dict(), {"model": name, "labels": ["class_0", "class_1"], **model.data_config})
+        save_weights(path, model.state_dict(), {"model": name, "labels": ["class_0", "class_1"], **model.pretrained_cfg.data_config()})
     return path
 
 
@@ -97,7 +97,7 @@ def model_only(weights: Path, data: Path, protocol: str, batch_size: int) -> tup
 
     model = create_model(resolve_weights_model(weights), pretrained=str(weights)).eval()
     proto = load_protocol(protocol)
-    sampler = ViewSampler(model.data_config, proto.clips, proto.crops, proto.sampling, proto.use_offset)
+    sampler = ViewSampler(model.pretrained_cfg.data_config(), proto.clips, proto.crops, proto.sampling, proto.use_offset)
     inputs = []
     for path in sorted(data.rglob("*.mp4")):
         with VideoReader(path) as r:

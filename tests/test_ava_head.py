@@ -159,13 +159,13 @@ def test_detector_weights_round_trip_with_task_and_labels(tmp_path):
     labels = ["stand", "sit", "walk"]
     model = create_model(name, num_classes=3).eval()
     path = save_weights(tmp_path / "det.safetensors", model.state_dict(),
-                        {"model": name, **model.data_config, "labels": labels})
+                        {"model": name, **model.pretrained_cfg.data_config(), "labels": labels})
     meta = read_metadata(path)
     assert meta["task"] == "detection" and meta["labels"] == labels and meta["model"] == name
     state, report = import_checkpoint(path, name)
     assert report.source == "videoapp" and report.num_classes == 3
     loaded = create_model(name, pretrained=str(path)).eval()
-    assert loaded.labels == labels and loaded.data_config["task"] == "detection"
+    assert loaded.pretrained_cfg.labels == tuple(labels) and loaded.pretrained_cfg.task == "detection"
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     x = torch.randn(1, 3, 8, 64, 96)

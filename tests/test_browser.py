@@ -455,7 +455,7 @@ def test_detect_page_with_a_box_file_in_chromium(server, tmp_path):
     torch.manual_seed(0)
     model = create_model("mvitv2_xxs_8x64_ava", num_classes=3)
     weights = save_weights(tmp_path / "tiny_detector.safetensors", model.state_dict(),
-                           {"model": "mvitv2_xxs_8x64_ava", **model.data_config, "labels": ["stand", "walk", "wave"]})
+                           {"model": "mvitv2_xxs_8x64_ava", **model.pretrained_cfg.data_config(), "labels": ["stand", "walk", "wave"]})
     clip = write_test_video(tmp_path / "people.mp4", num_frames=75, fps=25, width=160, height=120)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text(DETECT_BOXES)

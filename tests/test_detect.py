@@ -45,7 +45,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("detect")
     torch.manual_seed(0)
     model = create_model(DET, num_classes=len(LABELS))
-    weights = save_weights(d / "det.safetensors", model.state_dict(), {"model": DET, **model.data_config, "labels": LABELS})
+    weights = save_weights(d / "det.safetensors", model.state_dict(), {"model": DET, **model.pretrained_cfg.data_config(), "labels": LABELS})
     classifier = create_model("mvitv2_xxs_8x64", num_classes=3)
     cls_weights = save_weights(d / "cls.safetensors", classifier.state_dict(), {"model": "mvitv2_xxs_8x64"})
     clip = write_test_video(d / "clip.mp4", num_frames=90, fps=30, width=160, height=120)

@@ -30,7 +30,7 @@ from videoapp.cli import main as cli_main
 from videoapp.data.video import VideoReader
 from videoapp.engine.evaluate import EvalError, evaluate, list_protocols, load_protocol, scores_path
 from videoapp.engine.predict import Predictor, ViewSampler
-from videoapp.models import create_model
+from videoapp.models import ModelConfig, create_model
 from videoapp.weights import save_weights
 from videos import decode_indices, write_test_video
 
@@ -89,7 +89,7 @@ class StandIn(nn.Module):
         levels = torch.tensor([(v[0] / 255.0 - MEAN) / STD for v in VIDEOS])
         self.register_buffer("levels", levels)
         self.register_buffer("table", stand_in_logits())
-        self.labels, self.data_config, self.model_name = labels, dict(DATA_CONFIG), "stand_in"
+        self.pretrained_cfg = ModelConfig.from_data("stand_in", DATA_CONFIG, labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x[:, 0].mean(dim=(1, 2, 3))
@@ -304,7 +304,7 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(3)
     model = create_model("mvitv2_xxs_8x64", num_classes=3)
-    meta = {"model": "mvitv2_xxs_8x64", "labels": ["left", "right", "still"], **model.data_config,
+    meta = {"model": "mvitv2_xxs_8x64", "labels": ["left", "right", "still"], **model.pretrained_cfg.data_config(),
             "num_frames": 4, "sampling_rate": 2}
     weights = save_weights(root / "tiny.safetensors", model.state_dict(), meta)
     lines = []

@@ -167,7 +167,7 @@ def test_every_variant_builds_and_runs(name):
 def test_tiny_variant_size_and_data_config():
     model = create_model(TINY)
     assert 0.6e6 < n_params(model) < 0.9e6
-    assert model.data_config["num_frames"] == 8 and model.data_config["crop_size"] == 64
+    assert model.pretrained_cfg.num_frames == 8 and model.pretrained_cfg.crop_size == 64
     assert model.mask_spatial_shape == (4, 2, 2)
 
 

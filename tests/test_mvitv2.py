@@ -344,9 +344,9 @@ def test_registry_and_data_config():
     assert {"mvitv2_s_16x4", "mvitv2_b_32x3", "mvitv2_l_40x3", TINY} <= set(names)
     with torch.device("meta"):
         s, l_ = create_model(S), create_model("mvitv2_l_40x3")
-    assert s.data_config["num_frames"] == 16 and s.data_config["sampling_rate"] == 4
-    assert s.data_config["mean"] == [0.45] * 3 and s.data_config["std"] == [0.225] * 3
-    assert l_.data_config["crop_size"] == 312 and l_.data_config["mean"] == [0.485, 0.456, 0.406]
+    assert s.pretrained_cfg.num_frames == 16 and s.pretrained_cfg.sampling_rate == 4
+    assert s.pretrained_cfg.mean == (0.45,) * 3 and s.pretrained_cfg.std == (0.225,) * 3
+    assert l_.pretrained_cfg.crop_size == 312 and l_.pretrained_cfg.mean == (0.485, 0.456, 0.406)
     assert len(s.blocks) == 16 and s.stage_dims == [96, 192, 384, 768] and s.stage_ends == [0, 2, 13, 15]
     tiny = create_model(TINY)
     assert 0.4e6 <= sum(p.numel() for p in tiny.parameters()) <= 0.7e6

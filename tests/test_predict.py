@@ -18,8 +18,7 @@ TINY = "mvitv2_xxs_8x64"
 def model():
     torch.manual_seed(1)
     m = create_model(TINY, num_classes=4).eval()
-    m.labels = ["a", "b", "c", "d"]
-    m.data_config = dict(m.data_config, num_frames=8, sampling_rate=3)
+    m.pretrained_cfg = m.pretrained_cfg.replace(labels=("a", "b", "c", "d"), num_frames=8, sampling_rate=3)
     return m
 
 
@@ -30,8 +29,8 @@ def video(tmp_path_factory):
 
 
 def reference_probs(model, frames):
-    dc = model.data_config
-    x = ClipTransform(dc["crop_size"], dc["mean"], dc["std"])(frames)
+    dc = model.pretrained_cfg
+    x = ClipTransform(dc.crop_size, dc.mean, dc.std)(frames)
     with torch.inference_mode():
         return model(x).softmax(-1).mean(0).numpy()
 
@@ -43,7 +42,7 @@ def test_whole_video_is_the_mean_over_views(model, video):
     with VideoReader(video) as r:
         expected = np.mean([reference_probs(model, r.get_frames(v)) for v in views], axis=0)
     np.testing.assert_allclose(pred.scores, expected, rtol=1e-5, atol=1e-6)
-    assert [s.label for s in pred.top_k] == [model.labels[i] for i in np.argsort(-expected)]
+    assert [s.label for s in pred.top_k] == [model.pretrained_cfg.labels[i] for i in np.argsort(-expected)]
 
 
 def test_views_follow_the_weights_sampling_rate(model):
@@ -83,8 +82,7 @@ def test_timeline_scores_equal_per_window_decoding(model, video):
 
 def test_uniform_sampling_and_bgr_from_metadata(model, video):
     m = create_model(TINY, num_classes=4).eval()
-    m.labels = list("abcd")
-    m.data_config = dict(model.data_config, sampling="uniform", channel_order="bgr")
+    m.pretrained_cfg = model.pretrained_cfg.replace(sampling="uniform", channel_order="bgr")
     p = Predictor(m)
     (view,) = p.clip_indices(100)
     assert len(view) == 8 and view[0] < 12 and view[-1] > 87
@@ -92,8 +90,8 @@ def test_uniform_sampling_and_bgr_from_metadata(model, video):
     pred = p.predict(video)
     with VideoReader(video) as r:
         frames = r.get_frames(view)
-    dc = m.data_config
-    x = ClipTransform(dc["crop_size"], dc["mean"], dc["std"], channel_order="bgr")(frames)
+    dc = m.pretrained_cfg
+    x = ClipTransform(dc.crop_size, dc.mean, dc.std, channel_order="bgr")(frames)
     with torch.inference_mode():
         expected = m(x).softmax(-1).mean(0).numpy()
     np.testing.assert_allclose(pred.scores, expected, rtol=1e-5, atol=1e-6)
@@ -106,8 +104,8 @@ def test_three_crops_are_averaged(model, video):
     (view,) = p.clip_indices(100)
     with VideoReader(video) as r:
         frames = r.get_frames(view)
-    dc = model.data_config
-    x = ClipTransform(dc["crop_size"], dc["mean"], dc["std"], num_crops=3)(frames)
+    dc = model.pretrained_cfg
+    x = ClipTransform(dc.crop_size, dc.mean, dc.std, num_crops=3)(frames)
     assert x.shape[0] == 3
     with torch.inference_mode():
         expected = model(x).softmax(-1).mean(0).numpy()

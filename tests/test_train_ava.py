@@ -59,7 +59,7 @@ def test_ava_dataset_matches_detection_preprocessing(scenes):
     from videoapp.models import create_model
 
     model = create_model("mvitv2_xxs_8x64_ava", num_classes=len(MOTIONS), num_frames=4, crop_size=32)
-    model.data_config = {"num_frames": 4, "sampling_rate": 4, "crop_size": 32, "mean": [0.45] * 3, "std": [0.225] * 3}
+    model.pretrained_cfg = model.pretrained_cfg.replace(sampling_rate=4)  # num_frames/crop_size: from the overrides
     pred = DetectionPredictor(model)
     with VideoReader(str(root / "train" / "videos" / f"{vid}.mp4")) as r:
         frames = r.get_frames(keyframe_clip_indices(30, 4, 4, r.info.num_frames))

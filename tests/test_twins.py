@@ -226,7 +226,7 @@ def test_full_variants_match_timm_sizes(image, video):
 def test_small_variants_run(name):
     model = create_model(name).eval()
     assert 0.5e6 < n_params(model) < 0.8e6
-    assert model.data_config["num_frames"] == 8 and model.data_config["crop_size"] == 64
+    assert model.pretrained_cfg.num_frames == 8 and model.pretrained_cfg.crop_size == 64
     with torch.inference_mode():
         logits = model(torch.randn(2, 3, 8, 64, 64))
         odd = model(torch.randn(1, 3, 7, 48, 80))  # no position tables: other sizes run too
@@ -337,7 +337,7 @@ def test_cli_import_and_inflate_round_trip(capsys, timm_small, timm_files, tmp_p
     assert "1000 classes" in out
     image = create_model("twins_pcpvt_s_224", pretrained=str(image_out)).eval()
     video = create_model("twins_pcpvt_s_16x224", pretrained=str(video_out)).eval()
-    assert video.data_config["num_frames"] == 16
+    assert video.pretrained_cfg.num_frames == 16
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(19))
     with torch.inference_mode():
         expected = timm_small["pcpvt"](x)

@@ -142,7 +142,7 @@ KEPT = [("0001", (0.1, 0.2, 0.5, 0.9)), ("0002", (0.123, 0.25, 0.6, 0.975)), ("0
 def test_detect_with_a_twins_detector_matches_the_model(capsys, tmp_path):
     model = random_model(lambda: create_model(DET, num_classes=len(ACTIONS)), seed=7)
     weights = save_weights(tmp_path / "det.safetensors", model.state_dict(),
-                           {"model": DET, **model.data_config, "labels": ACTIONS})
+                           {"model": DET, **model.pretrained_cfg.data_config(), "labels": ACTIONS})
     clip = write_test_video(tmp_path / "clip.mp4", num_frames=90, fps=30, width=160, height=120)
     (tmp_path / "boxes.csv").write_text(BOXES_CSV)
     code, out, err = _cli(capsys, "detect", clip, "--boxes", tmp_path / "boxes.csv", "--weights", weights)

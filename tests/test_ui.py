@@ -718,7 +718,7 @@ def test_cli_and_ui_share_the_untrained_fallback(tmp_path, media, monkeypatch, c
     assert code == 0 and "UNTRAINED" in err and "untrained_" in out
     (cli_model,) = made
     ui_model = ModelCatalog(tmp_path / "none", tmp_path / "models").predictor(UNTRAINED_KEY).model
-    assert cli_model.labels == ui_model.labels == [f"untrained_{i}" for i in range(10)]
+    assert cli_model.pretrained_cfg.labels == ui_model.pretrained_cfg.labels == tuple(f"untrained_{i}" for i in range(10))
     for (n1, a), (n2, b) in zip(cli_model.state_dict().items(), ui_model.state_dict().items()):
         assert n1 == n2 and torch.equal(a.cpu(), b.cpu())
 

@@ -39,7 +39,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("ui-detect")
     torch.manual_seed(0)
     model = create_model(DET, num_classes=len(ACTIONS))
-    det = save_weights(d / "det.safetensors", model.state_dict(), {"model": DET, **model.data_config, "labels": ACTIONS})
+    det = save_weights(d / "det.safetensors", model.state_dict(), {"model": DET, **model.pretrained_cfg.data_config(), "labels": ACTIONS})
     cls = create_model("mvitv2_xxs_8x64", num_classes=3)
     cls_w = save_weights(d / "cls.safetensors", cls.state_dict(), {"model": "mvitv2_xxs_8x64", "labels": ["a", "b", "c"]})
     clip = write_test_video(d / "walk.mp4", num_frames=75, fps=25, width=160, height=120)

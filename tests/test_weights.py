@@ -83,10 +83,10 @@ def test_own_weights_import_round_trip_and_labels(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(state[k], v), k
     again = create_model(TINY, pretrained=str(path))
-    assert again.labels == ["a", "b", "c"] and again.head.fc.out_features == 3
+    assert again.pretrained_cfg.labels == ("a", "b", "c") and again.head.fc.out_features == 3
     # A new head keeps the backbone and drops the labels.
     probe = create_model(TINY, pretrained=str(path), num_classes=5)
-    assert probe.head.fc.out_features == 5 and probe.labels is None
+    assert probe.head.fc.out_features == 5 and probe.pretrained_cfg.labels is None
     key = next(k for k in state if not k.startswith("head."))
     assert torch.equal(probe.state_dict()[key], state[key])
 

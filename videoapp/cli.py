@@ -475,7 +475,8 @@ def _add_detect_parser(sub) -> None:
                      help="find people on keyframes: 'hog' (OpenCV, no download; upright people >= 128 px tall) or "
                           "'torchvision:NAME' (e.g. torchvision:fasterrcnn_resnet50_fpn_v2, with --detector-weights)")
     d.add_argument("--detector-weights", metavar="W", help="weights file of the torchvision detector (never downloaded)")
-    d.add_argument("--weights", metavar="W", help="action detector weights (.safetensors with task: detection)")
+    d.add_argument("--weights", metavar="W", help="action detector weights (.safetensors with task: detection, "
+                   "or an exported detector .onnx from 'videoapp export', run by onnxruntime)")
     d.add_argument("--model", metavar="NAME", help="registry name (e.g. mvitv2_s_16x4_ava) for weights without our metadata")
     d.add_argument("--keyframe-fps", type=_positive_float, default=1.0, metavar="F",
                    help="keyframes per second for --detector (default 1, as AVA)")
@@ -587,7 +588,9 @@ def _add_export_parser(sub) -> None:
             "(frames, frame stride, crop, mean/std, channel order, sampling), so 'videoapp predict --weights "
             "model.onnx' samples and preprocesses as with the weights, through onnxruntime. Every export is "
             "checked with onnx.checker and run in onnxruntime against PyTorch (max |logit difference| <= "
-            "1e-4 x max |logit|, or no file is written)."
+            "1e-4 x max |logit|, or no file is written). An action detector (*_ava) gets a second input 'boxes' "
+            "[K, 5] (batch_index, x1, y1, x2, y2 in clip pixels) and outputs [K, actions]; run it with "
+            "'videoapp detect --weights model.onnx'."
         ),
     )
     x.add_argument("weights", metavar="WEIGHTS", help="weights file: ours (.safetensors) or a reference checkpoint (then also --model)")
@@ -635,7 +638,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_onnx(model, out, num_frames=args.frames, crop_size=args.crop, dynamic_batch=args.dynamic_batch,
                          exporter=args.exporter, opset=args.opset or DEFAULT_OPSET, metadata=extra)
     shape = ["B" if d < 0 else str(d) for d in report.input_shape]
-    print(f"wrote {out} ({name}, {report.num_classes} classes, input [{', '.join(shape)}], {report.exporter} exporter, "
+    detector = model.pretrained_cfg.task == "detection"
+    inputs = f"input [{', '.join(shape)}]" + (" + boxes [K, 5]" if detector else "")
+    print(f"wrote {out} ({name}, {report.num_classes} {'actions' if detector else 'classes'}, {inputs}, {report.exporter} exporter, "
           f"opset {report.opset}; onnxruntime vs PyTorch: max |Δlogit| = {report.relative_diff:.1e} x max |logit|)")
     return 0
 

@@ -327,8 +327,11 @@ class DetectionPredictor:
     """Runs an action detector over videos and person boxes.
 
     ``model_or_weights``: an :class:`~videoapp.models.detector.ActionDetector`
-    from :func:`videoapp.create_model` (with ``labels`` / ``data_config``) or a
-    path to detection weights (``task: detection`` in the metadata).
+    from :func:`videoapp.create_model` (labels and clip protocol in its ``pretrained_cfg``), a
+    path to detection weights (``task: detection`` in the metadata), or an
+    exported detector (``.onnx`` from ``videoapp export``, run by onnxruntime;
+    its graph takes ``crop_size`` x ``crop_size`` frames, so every backbone then
+    sees the frame resized to that square, as Hiera's always does).
     ``batch_size`` keyframe clips go through the model at once; ``bf16`` runs
     under bf16 autocast.
     """
@@ -337,34 +340,45 @@ class DetectionPredictor:
                  device: str = "cpu", bf16: bool = False, batch_size: int = 4) -> None:
         from videoapp.engine.predict import resolve_weights_model
         from videoapp.models.detector import ActionDetector
-        from videoapp.models import create_model, get_model_entry
+        from videoapp.models import create_model, get_model_entry, get_pretrained_cfg
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no CUDA device is available")
         if isinstance(model_or_weights, nn.Module):
             model = model_or_weights
+        elif Path(model_or_weights).suffix.lower() == ".onnx":
+            from videoapp.models.export import OnnxModel
+
+            # An exported detector ('videoapp export'): onnxruntime, protocol and labels from the file's metadata.
+            model = OnnxModel(model_or_weights)
+            if not model.detector:
+                raise DetectError(f"{model_or_weights}: an exported classifier; detection needs an exported "
+                                  "action detector (a *_ava model)")
         else:
             name = resolve_weights_model(model_or_weights, model_name)
             if get_model_entry(name).data.get("task") != "detection":
                 raise DetectError(f"{model_or_weights}: weights of the classifier '{name}'; detection needs "
                                   "detection weights (a *_ava model, task: detection)")
             model = create_model(name, pretrained=str(model_or_weights))
-        if not isinstance(model, ActionDetector):
+        from videoapp.models.export import OnnxModel
+
+        onnx = isinstance(model, OnnxModel) and model.detector
+        if not isinstance(model, ActionDetector) and not onnx:
             raise DetectError(f"{type(model).__name__} is not an action detector (a *_ava model)")
+        cfg = get_pretrained_cfg(model)
         self.model = model.eval().to(device)
-        self.model_name = getattr(model, "model_name", type(model).__name__)
-        data = dict(getattr(model, "data_config", None) or get_model_entry(self.model_name).data)
-        self.num_frames = int(data["num_frames"])
-        self.sampling_rate = int(data["sampling_rate"])
-        self.crop_size = int(data["crop_size"])
-        self.mean = [float(v) for v in data["mean"]]
-        self.std = [float(v) for v in data["std"]]
-        self.channel_order = str(data.get("channel_order", "rgb")).lower()
-        # A backbone with position embeddings of one size (Hiera) takes crop x crop frames only.
-        self.fixed_size = getattr(model.backbone, "input_size", None) is not None
-        labels = getattr(model, "labels", None)
+        self.model_name = cfg.model_name
+        self.num_frames = cfg.num_frames
+        self.sampling_rate = cfg.sampling_rate
+        self.crop_size = cfg.crop_size
+        self.mean = list(cfg.mean)
+        self.std = list(cfg.std)
+        self.channel_order = cfg.channel_order
+        # A backbone with position embeddings of one size (Hiera) takes crop x crop frames only, and so
+        # does an exported graph (tracing fixes its input size: crop x crop, see models/export.py).
+        self.fixed_size = onnx or getattr(model.backbone, "input_size", None) is not None
         n = model.num_classes
-        self.labels = list(labels) if labels else [f"action_{i + 1}" for i in range(n)]
+        self.labels = list(cfg.labels) if cfg.labels else [f"action_{i + 1}" for i in range(n)]
         self.device = torch.device(device)
         self.bf16 = bf16
         self.batch_size = max(1, int(batch_size))

@@ -56,6 +56,7 @@ from videoapp.data.datasets import (
 )
 from videoapp.engine.predict import ViewSampler, resolve_weights_model, view_probs
 from videoapp.files import atomic_path, atomic_write_text, first_line, save_png
+from videoapp.models.registry import get_pretrained_cfg
 
 logger = logging.getLogger("videoapp")
 
@@ -457,7 +458,7 @@ def evaluate(
     bf16: bool = False,
     progress: bool | None = None,
 ) -> EvalResult:
-    """Evaluate ``weights`` (or an ``nn.Module`` ``model`` carrying ``labels`` and ``data_config``) on a video set.
+    """Evaluate ``weights`` (or an ``nn.Module`` ``model`` with a ``pretrained_cfg``: labels, clip protocol) on a video set.
 
     See the module docstring. ``labels``: class names of the annotations
     (SSv2 ``labels.json``, a text file); ``num_clips``/``num_crops`` override
@@ -493,11 +494,11 @@ def _evaluate(d, *, dataset, annotations, data_root, labels, weights, model, mod
     clips = int(num_clips or proto.clips)
     crops = int(num_crops or proto.crops)
     net = _load_model(weights, model, model_name).eval().to(d.device)
-    model_labels = list(getattr(net, "labels", None) or [])
+    cfg = get_pretrained_cfg(net)
+    model_labels = list(cfg.labels or [])
     if not model_labels:
         raise EvalError("the weights carry no class names (labels), so the annotations cannot be matched to them")
-    data_config = dict(getattr(net, "data_config", None) or {})
-    sampler = ViewSampler(data_config, num_clips=clips, num_crops=crops, sampling=proto.sampling,
+    sampler = ViewSampler(cfg.data_config(), num_clips=clips, num_crops=crops, sampling=proto.sampling,
                           use_offset=proto.use_offset)
     items, missing, ann = read_items(dataset, annotations, data_root, model_labels, labels)
     if limit is not None:
@@ -505,7 +506,7 @@ def _evaluate(d, *, dataset, annotations, data_root, labels, weights, model, mod
     if strict and missing:
         raise EvalError(f"{len(missing)} listed video(s) missing: {_quote_few(missing)} (--strict)")
 
-    weights_info: dict[str, Any] = {"model": getattr(net, "model_name", type(net).__name__)}
+    weights_info: dict[str, Any] = {"model": cfg.model_name}
     if weights is not None:
         weights_info.update(file=str(weights), sha256=sha256_file(weights))
     transform = sampler.transform

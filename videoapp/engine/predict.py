@@ -1,8 +1,8 @@
 """Predictor: weights + their preprocessing -> action predictions for a video file.
 
-The weights decide how a clip is sampled and normalised (``data_config``:
-``num_frames``, ``sampling_rate``, ``crop_size``, ``mean``, ``std``,
-``channel_order``, ``sampling``), so predictions with any imported checkpoint
+The weights decide how a clip is sampled and normalised (the model's
+``pretrained_cfg``: ``num_frames``, ``sampling_rate``, ``crop_size``, ``mean``,
+``std``, ``channel_order``, ``sampling``), so predictions with any imported checkpoint
 follow the protocol it was trained with.
 
 Whole-video prediction averages softmax scores over several views (clips
@@ -88,8 +88,9 @@ class ViewSampler:
 
     The one sampling/preprocessing path of ``predict`` and ``eval`` (so both give
     the same per-video scores with the same views). ``data_config`` is the
-    weights' ``data_config`` (``num_frames``, ``sampling_rate``, ``crop_size``,
-    ``mean``, ``std``, optional ``channel_order`` and ``sampling``);
+    clip protocol as a dict (``model.pretrained_cfg.data_config()``: ``num_frames``,
+    ``sampling_rate``, ``crop_size``, ``mean``, ``std``, optional ``channel_order``
+    and ``sampling``);
     ``sampling`` overrides the weights' (``"rate"``: ``num_clips`` clips spread
     over the video, PySlowFast's multi-view test, ``use_offset`` its
     ``USE_OFFSET_SAMPLING``; ``"uniform"``: one clip of segment centres over the
@@ -190,7 +191,7 @@ class Predictor:
     """Runs a video model over video files.
 
     ``model_or_weights`` is an ``nn.Module`` built by :func:`videoapp.create_model`
-    (it carries ``labels`` and ``data_config``) or a path to weights (ours, or a
+    (its ``pretrained_cfg`` gives the labels and clip protocol) or a path to weights (ours, or a
     reference checkpoint together with ``model_name``). ``num_clips`` x
     ``num_crops`` views are averaged for whole-video scores (default 5 x 1,
     the MViTv2-S Kinetics protocol). ``bf16`` runs under bf16 autocast
@@ -208,7 +209,7 @@ class Predictor:
         num_crops: int = 1,
         batch_size: int = 4,
     ) -> None:
-        from videoapp.models import create_model, get_model_entry
+        from videoapp.models import create_model, get_pretrained_cfg
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no CUDA device is available")
@@ -222,17 +223,18 @@ class Predictor:
         else:
             name = resolve_weights_model(model_or_weights, model_name)
             model = create_model(name, pretrained=str(model_or_weights))
+        cfg = get_pretrained_cfg(model)
+        if cfg.task == "detection":
+            raise ValueError(f"{cfg.model_name} is an action detector (clips + person boxes): use 'videoapp detect'")
         self.model = model.eval().to(device)
-        self.model_name = getattr(model, "model_name", type(model).__name__)
-        data = dict(getattr(model, "data_config", None) or get_model_entry(self.model_name).data)
-        self.view_sampler = ViewSampler(data, num_clips=num_clips, num_crops=num_crops)
+        self.model_name = cfg.model_name
+        self.view_sampler = ViewSampler(cfg.data_config(), num_clips=num_clips, num_crops=num_crops)
         self.num_frames = self.view_sampler.num_frames
         self.sampling_rate = self.view_sampler.sampling_rate
         self.sampling = self.view_sampler.sampling
         self.transform = self.view_sampler.transform
         num_classes = self._num_classes()
-        labels = getattr(model, "labels", None)
-        self.labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
+        self.labels = list(cfg.labels) if cfg.labels else [f"class_{i}" for i in range(num_classes)]
         self.device = torch.device(device)
         self.bf16 = bf16
         self.num_clips = max(1, int(num_clips))

@@ -260,10 +260,10 @@ def build_model(cfg: Config, classes: Sequence[str], data: dict) -> nn.Module:
             load_backbone_weights(model, backbone_init)
         except CheckpointError as exc:
             raise TrainError(f"model.pretrained: {exc}") from None
-    old_labels = getattr(model, "labels", None)
+    old_labels = model.pretrained_cfg.labels
     if cfg.model.pretrained and (cfg.model.reset_head or (old_labels is not None and list(old_labels) != list(classes))):
         model.reset_classifier(len(classes))
-    model.labels = list(classes)
+    model.pretrained_cfg = model.pretrained_cfg.replace(labels=tuple(classes))
     if entry.data.get("task") == "detection":
         # A backbone with one input size (Hiera) takes crop x crop frames, as DetectionPredictor feeds it.
         data["fixed_size"] = getattr(model.backbone, "input_size", None) is not None

@@ -12,19 +12,23 @@ from __future__ import annotations
 from videoapp.models import mvitv2, hiera, twins, detector  # noqa: F401  (registration)
 from videoapp.models.factory import create_model
 from videoapp.models.registry import (
+    ModelConfig,
     ModelEntry,
     UnknownModelError,
     get_model_entry,
+    get_pretrained_cfg,
     list_models,
     register_converters,
     register_model,
 )
 
 __all__ = [
+    "ModelConfig",
     "ModelEntry",
     "UnknownModelError",
     "create_model",
     "get_model_entry",
+    "get_pretrained_cfg",
     "list_models",
     "register_converters",
     "register_model",

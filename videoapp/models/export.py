@@ -1,4 +1,4 @@
-"""ONNX export of our classifiers with the weights' metadata, and onnxruntime inference.
+"""ONNX export of our classifiers and action detectors with the weights' metadata, and onnxruntime inference.
 
 An exported file is self-describing, like our ``.safetensors`` weights: its
 ``metadata_props`` hold the registry name (``model``), ``labels`` and the clip
@@ -12,6 +12,15 @@ The graph has one input ``clip``: float32 ``[B, 3, T, S, S]`` (normalised RGB,
 the Predictor's transform) and one output ``logits`` ``[B, num_classes]``.
 ``B`` is 1 unless exported with ``dynamic_batch``; :class:`OnnxModel` runs a
 fixed-batch graph one batch at a time, so the Predictor works with both.
+
+An action detector (registry ``task: detection``, the ``*_ava`` models) has a
+second input ``boxes``: float32 ``[K, 5]`` rows ``[batch_index, x1, y1, x2,
+y2]`` in pixels of the clip, any ``K``, and its output ``logits`` is
+``[K, num_actions]``. Its RoIAlign goes through torchvision's ONNX symbolic
+(ONNX ``RoiAlign``, ``coordinate_transformation_mode="half_pixel"`` for
+``aligned=True``), which needs opset 16 or later. Detectors export one clip
+per run (``B = 1``, any ``K``); :class:`OnnxModel` runs a batch clip by clip,
+each with its own boxes. The metadata gets ``task: "detection"``.
 
 Which exporter (measured with torch 2.14.1, onnxscript 0.7.2, onnxruntime 1.32):
 
@@ -67,6 +76,7 @@ __all__ = [
     "onnx_metadata",
     "check_onnx",
     "INPUT_NAME",
+    "BOXES_NAME",
     "OUTPUT_NAME",
     "DEFAULT_OPSET",
 ]
@@ -76,8 +86,11 @@ OUTPUT_NAME = "logits"
 # 18: LayerNormalization and ReduceMax with axes as inputs; run by onnxruntime >= 1.14.
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
+BOXES_NAME = "boxes"
 # Clip-protocol keys every export carries (the Predictor needs them all).
 PROTOCOL_KEYS = ("num_frames", "sampling_rate", "crop_size", "mean", "std", "channel_order", "sampling")
+# RoiAlign with half-pixel coordinates (torchvision's aligned=True) exists from opset 16.
+DETECTOR_MIN_OPSET = 16
 _INSTALL_HINT = "pip install 'videoapp[onnx]'"
 
 
@@ -198,22 +211,30 @@ def _exact_path(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    x = x.detach().requires_grad_(True)  # the exact path even when the parameters are frozen
+def _export_torchscript(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int,
+                        dynamic_batch: bool) -> None:
+    axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else {}
+    names = [INPUT_NAME]
+    if len(inputs) == 2:  # a detector: any number of boxes, one logit row each
+        names.append(BOXES_NAME)
+        axes = {BOXES_NAME: {0: "boxes"}, OUTPUT_NAME: {0: "boxes"}}
+    x = inputs[0].detach().requires_grad_(True)  # the exact path even when the parameters are frozen
     with _exact_path(model), _movedim_fix(opset):
         torch.onnx.export(
-            model, (x,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+            model, (x, *inputs[1:]), str(path), dynamo=False, opset_version=opset,
+            input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes or None,
         )
 
 
-def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
+def _export_dynamo(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, opset: int,
+                   dynamic_batch: bool) -> None:
     _require("onnxscript", "the torch.export-based ONNX exporter")
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if len(inputs) != 1:
+        raise ExportError("action detectors export with the torchscript exporter only")
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    x = x.detach().requires_grad_(True)  # the exact path even when the parameters are frozen
+    x = inputs[0].detach().requires_grad_(True)  # the exact path even when the parameters are frozen
     # The math kernel: the decomposition of the CPU flash-attention op breaks MViTv2's reshapes.
     with _exact_path(model), sdpa_kernel(SDPBackend.MATH), contextlib.redirect_stdout(None):
         program = torch.onnx.export(
@@ -230,34 +251,62 @@ def _add_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
     for k, v in sorted(_encode(metadata).items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    model.doc_string = f"videoapp export of {metadata.get('model', '?')}: input clip [B, 3, T, H, W] -> logits"
+    inputs = "clip [1, 3, T, H, W] + boxes [K, 5] -> logits [K, A]" if metadata.get("task") == "detection" \
+        else "clip [B, 3, T, H, W] -> logits"
+    model.doc_string = f"videoapp export of {metadata.get('model', '?')}: input {inputs}"
     onnx.save(model, str(path))
 
 
 # --------------------------------------------------------------------------- checks
-def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _torch_logits(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     """The logits of the Predictor's own path (eval, no autograd) as float64."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return model(x).double().numpy()
+            return model(*inputs).double().numpy()
     finally:
         model.train(was_training)
 
 
+def random_boxes(num_boxes: int, batch: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """``[num_boxes, 5]`` random boxes ``[batch_index, x1, y1, x2, y2]`` inside a ``height`` x ``width`` clip.
+
+    Batch indices cycle over the clips; sides are 10-100 % of the clip's (pixels, float32).
+    """
+    size = torch.tensor([width, height], dtype=torch.float32)
+    wh = size * (0.1 + 0.9 * torch.rand((num_boxes, 2), generator=generator))
+    x1y1 = (size - wh) * torch.rand((num_boxes, 2), generator=generator)
+    index = (torch.arange(num_boxes) % batch).float()[:, None]
+    return torch.cat([index, x1y1, x1y1 + wh], dim=1)
+
+
+def _inputs(shape: tuple[int, ...], detector: bool, num_boxes: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A random clip of ``shape`` (and, for a detector, ``num_boxes`` random boxes on it)."""
+    x = torch.randn(shape, generator=gen)
+    if not detector:
+        return (x,)
+    return x, random_boxes(num_boxes, shape[0], shape[-2], shape[-1], gen)
+
+
 def _compare(model: nn.Module, session: Any, batches: tuple[int, ...], shape: tuple[int, ...],
-             seed: int) -> tuple[float, float]:
-    """``(max |Δlogit|, max |logit|)`` of onnxruntime vs PyTorch on random clips of each batch size."""
+             seed: int, box_counts: tuple[int, ...] = ()) -> tuple[float, float]:
+    """``(max |Δlogit|, max |logit|)`` of onnxruntime vs PyTorch on random clips of each batch size
+    (a detector: one clip with each number of boxes in ``box_counts``)."""
     gen = torch.Generator().manual_seed(seed)
     diff = peak = 0.0
-    for b in batches:
-        x = torch.randn((b, *shape[1:]), generator=gen)
-        ref = _torch_logits(model, x)
+    runs = [(1, k) for k in box_counts] if box_counts else [(b, 0) for b in batches]
+    for b, k in runs:
+        inputs = _inputs((b, *shape[1:]), bool(box_counts), k, gen)
+        ref = _torch_logits(model, inputs)
+        feed = {INPUT_NAME: inputs[0].numpy()}
+        if box_counts:
+            feed[BOXES_NAME] = inputs[1].numpy()
         try:
-            out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].astype(np.float64)
+            out = session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
         except Exception as exc:
-            raise ExportError(f"onnxruntime failed on a batch of {b} ({first_line(exc)})") from None
+            what = f"{k} boxes" if box_counts else f"a batch of {b}"
+            raise ExportError(f"onnxruntime failed on {what} ({first_line(exc)})") from None
         if out.shape != ref.shape:
             raise ExportError(f"onnxruntime returned logits {list(out.shape)}, PyTorch {list(ref.shape)}")
         diff = max(diff, float(np.abs(out - ref).max()))
@@ -295,53 +344,71 @@ def export_onnx(
     """Export ``model`` (from :func:`videoapp.create_model`) to an ONNX file at ``path``.
 
     The graph takes ``clip`` float32 ``[B, 3, T, S, S]`` with ``T = num_frames``
-    and ``S = crop_size`` (default: the model's ``data_config``, i.e. the clip
+    and ``S = crop_size`` (default: the model's ``pretrained_cfg``, i.e. the clip
     protocol of its weights) and returns ``logits`` ``[B, num_classes]``; ``B``
-    is 1, or any size with ``dynamic_batch``. ``metadata_props`` get the
-    model's name, labels and clip protocol (with ``T``/``S`` as exported),
-    then ``metadata`` on top (e.g. the weights' ``source`` and ``metrics``).
+    is 1, or any size with ``dynamic_batch``. An action detector
+    (``pretrained_cfg.task == "detection"``) also takes ``boxes`` ``[K, 5]``
+    (``[batch_index, x1, y1, x2, y2]`` in clip pixels, any ``K``; ``B = 1``)
+    and returns ``[K, num_actions]``; it needs ``opset >= 16`` (RoiAlign).
+    ``metadata_props`` get the model's name, task, labels and clip protocol
+    (with ``T``/``S`` as exported), then ``metadata`` on top (e.g. the
+    weights' ``source`` and ``metrics``).
 
     The file is checked with ``onnx.checker`` and, with ``verify``, run in
-    onnxruntime on random clips (batch 1; 1 and 3 with ``dynamic_batch``):
-    ``max |Δlogit| <= tolerance * max |logit|`` against PyTorch or
-    :class:`ExportError` (and no file). ``exporter`` is "auto",
-    "torchscript" or "dynamo" (see the module docstring); ``opset`` the
-    ONNX opset. The file appears atomically (written beside ``path``, renamed).
+    onnxruntime on random clips (batch 1; 1 and 3 with ``dynamic_batch``; a
+    detector with 1 and 5 random boxes): ``max |Δlogit| <= tolerance * max |logit|``
+    against PyTorch or :class:`ExportError` (and no file). ``exporter`` is
+    "auto", "torchscript" or "dynamo" (see the module docstring; detectors:
+    torchscript); ``opset`` the ONNX opset. The file appears atomically
+    (written beside ``path``, renamed).
     """
+    from videoapp.models.registry import get_pretrained_cfg
+
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r} (choose from {', '.join(EXPORTERS)})")
     _require("onnx", "ONNX export")
     if verify:
         _require("onnxruntime", "checking an ONNX export")
     path = Path(path)
-    name = str(getattr(model, "model_name", None) or type(model).__name__)
-    data = dict(getattr(model, "data_config", None) or {})
-    frames = int(num_frames or data.get("num_frames") or 0)
-    crop = int(crop_size or data.get("crop_size") or 0)
-    if frames < 1 or crop < 1:
-        raise ExportError(f"{name}: the clip size is unknown; give num_frames and crop_size")
-    if data.get("task") == "detection":
-        raise ExportError(f"{name} is an action detector (clips + person boxes): ONNX export covers classifiers only")
+    try:
+        cfg = get_pretrained_cfg(model)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    name = cfg.model_name
+    data = cfg.data_config()
+    frames = int(num_frames or cfg.num_frames)
+    crop = int(crop_size or cfg.crop_size)
+    detector = cfg.task == "detection"
+    if detector:
+        if dynamic_batch:
+            raise ExportError(f"{name} is an action detector: it exports one clip per run (any number of boxes); "
+                              "drop --dynamic-batch")
+        if opset < DETECTOR_MIN_OPSET:
+            raise ExportError(f"{name} is an action detector: its RoIAlign needs opset {DETECTOR_MIN_OPSET} or later")
+        if exporter == "dynamo":
+            raise ExportError(f"{name} is an action detector: it exports with the torchscript exporter only")
+        exporter = "torchscript"
+        # Imported now, not inside the traced forward: torchvision's first import calls ops that tracing rejects.
+        import torchvision.ops  # noqa: F401
     batch = 2 if dynamic_batch else 1
     shape = (batch, 3, frames, crop, crop)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    inputs = _inputs(shape, detector, 3, torch.Generator().manual_seed(seed))
     try:
-        logits = _torch_logits(model, x)
+        logits = _torch_logits(model, inputs)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ExportError(f"{name} cannot run {frames}x{crop}x{crop} clips ({first_line(exc)})") from None
     if logits.ndim != 2:
         raise ExportError(f"{name} returns {list(logits.shape)}, not logits [B, num_classes]: only classifiers export")
     num_classes = int(logits.shape[1])
-    labels = getattr(model, "labels", None)
     meta: dict[str, Any] = {
         "model": name,
-        "labels": list(labels) if labels else None,
-        **{k: data[k] for k in PROTOCOL_KEYS if k in data},
+        "labels": list(cfg.labels) if cfg.labels else None,
+        **{k: data[k] for k in PROTOCOL_KEYS},
         "num_frames": frames,
         "crop_size": crop,
     }
-    meta.setdefault("channel_order", "rgb")
-    meta.setdefault("sampling", "rate")
+    if detector:
+        meta.update(task="detection", backbone=cfg.backbone, boxes=BOXES_NAME)
     meta.update(dict(metadata or {}))
     if meta.get("labels") is not None and len(meta["labels"]) != num_classes:
         raise ExportError(f"{name}: {len(meta['labels'])} labels for {num_classes} logits")
@@ -357,7 +424,7 @@ def export_onnx(
         last_error: ExportError | None = None
         for used in order:
             try:
-                (_export_torchscript if used == "torchscript" else _export_dynamo)(model, x, tmp, opset, dynamic_batch)
+                (_export_torchscript if used == "torchscript" else _export_dynamo)(model, inputs, tmp, opset, dynamic_batch)
             except ExportError:
                 raise
             except Exception as exc:
@@ -370,7 +437,8 @@ def export_onnx(
             if not verify:
                 break
             try:
-                diff, peak = _compare(model, _session(tmp), check_batches, shape, seed + 1)
+                diff, peak = _compare(model, _session(tmp), check_batches, shape, seed + 1,
+                                      box_counts=(1, 5) if detector else ())
             except ExportError as exc:
                 last_error = ExportError(f"{name}: the {used} export does not run in onnxruntime: {exc}")
                 continue
@@ -390,21 +458,28 @@ def export_onnx(
 
 # --------------------------------------------------------------------------- inference
 class OnnxModel(nn.Module):
-    """An exported ONNX classifier run by onnxruntime that stands in for the PyTorch model.
+    """An exported ONNX model run by onnxruntime that stands in for the PyTorch model.
 
-    ``forward(x)``: normalised clips ``[B, 3, T, S, S]`` -> logits
-    ``[B, num_classes]`` (float32, on ``x``'s device; onnxruntime runs on the
-    CPU). A fixed-batch graph is run one batch at a time (the last one padded).
-    Carries what :func:`videoapp.create_model` puts on a model, read from the
-    file's metadata: ``model_name``, ``labels``, ``data_config`` (the clip
-    protocol), ``num_classes``. ``num_threads`` sets onnxruntime's intra-op
-    threads (default: its own choice, one per core).
+    A classifier: ``forward(x)``, normalised clips ``[B, 3, T, S, S]`` -> logits
+    ``[B, num_classes]``; an action detector (``pretrained_cfg.task ==
+    "detection"``): ``forward(x, boxes)`` with boxes ``[K, 5]`` rows
+    ``[batch_index, x1, y1, x2, y2]`` in clip pixels -> logits ``[K, num_classes]``.
+    Float32, on ``x``'s device (onnxruntime runs on the CPU). A fixed-batch
+    graph is run one batch at a time (the last one padded; a detector clip by
+    clip, each with its own boxes). Carries what :func:`videoapp.create_model`
+    puts on a model, read from the file's metadata: ``pretrained_cfg`` (a
+    :class:`~videoapp.models.registry.ModelConfig`: name, labels, clip
+    protocol, task), plus ``num_classes``, ``batch_size`` (``None``: any) and
+    the raw ``metadata``. ``num_threads`` sets onnxruntime's intra-op threads
+    (default: its own choice, one per core).
 
     Raises :class:`ExportError` (one line) for a file onnxruntime cannot read,
     one without our metadata, or when onnxruntime is not installed.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        from videoapp.models.registry import ModelConfig
+
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -415,33 +490,64 @@ class OnnxModel(nn.Module):
         if missing:
             raise ExportError(f"{path}: not exported by videoapp (no {', '.join(missing[:3])} in its metadata); "
                               "export with 'videoapp export'")
+        self.detector = meta.get("task") == "detection"
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) < 1:
-            raise ExportError(f"{path}: expected one input clip [B, 3, T, H, W], got {len(inputs)} inputs")
+        want_inputs = 2 if self.detector else 1
+        if len(inputs) != want_inputs or len(outputs) < 1:
+            what = "a clip [1, 3, T, H, W] and boxes [K, 5]" if self.detector else "one input clip [B, 3, T, H, W]"
+            raise ExportError(f"{path}: expected {what}, got {len(inputs)} inputs")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.boxes_name = inputs[1].name if self.detector else None
         in_shape = inputs[0].shape
         self.batch_size = in_shape[0] if isinstance(in_shape[0], int) else None
         self.metadata = meta
-        self.model_name = str(meta["model"])
-        self.data_config = {k: meta[k] for k in PROTOCOL_KEYS}
         out_classes = outputs[0].shape[-1]
         labels = meta.get("labels")
-        self.labels = [str(s) for s in labels] if isinstance(labels, list) else None
-        self.num_classes = int(out_classes) if isinstance(out_classes, int) else len(self.labels or [])
-        if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ExportError(f"{path}: {len(self.labels)} labels for {self.num_classes} logits")
+        labels = [str(s) for s in labels] if isinstance(labels, list) else None
+        self.num_classes = int(out_classes) if isinstance(out_classes, int) else len(labels or [])
+        if labels is not None and len(labels) != self.num_classes:
+            raise ExportError(f"{path}: {len(labels)} labels for {self.num_classes} logits")
+        try:
+            self.pretrained_cfg = ModelConfig.from_data(str(meta["model"]), meta, labels)
+        except (TypeError, ValueError) as exc:
+            raise ExportError(f"{path}: bad clip protocol in its metadata ({first_line(exc)})") from None
         want = [3, int(meta["num_frames"]), int(meta["crop_size"]), int(meta["crop_size"])]
         if [d if isinstance(d, int) else -1 for d in in_shape[1:]] != want:
             raise ExportError(f"{path}: input {in_shape} does not match the metadata's clip [B, {', '.join(map(str, want))}]")
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def _run(self, x: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+        feed = {self.input_name: x}
+        if boxes is not None:
+            feed[self.boxes_name] = boxes
+        return self.session.run([self.output_name], feed)[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, T, S, S]`` -> logits ``[B, num_classes]``."""
+    def _detect(self, arr: np.ndarray, boxes: torch.Tensor) -> np.ndarray:
+        """Logits ``[K, num_classes]`` of ``boxes`` ``[K, 5]`` on clips ``arr``; one clip per run for a fixed batch."""
+        rois = np.ascontiguousarray(boxes.detach().to("cpu", torch.float32).numpy())
+        if self.batch_size is None or arr.shape[0] == self.batch_size:
+            return self._run(arr, rois)
+        out = np.zeros((rois.shape[0], self.num_classes), np.float32)
+        index = rois[:, 0].astype(np.int64)
+        for i in range(arr.shape[0]):
+            rows = np.flatnonzero(index == i)
+            if rows.size:
+                mine = rois[rows].copy()
+                mine[:, 0] = 0.0  # the only clip of this run
+                out[rows] = self._run(arr[i:i + 1], mine)
+        return out
+
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 3, T, S, S]`` (+ a detector's boxes ``[K, 5]``) -> logits ``[B, num_classes]`` (``[K, num_classes]``)."""
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         fixed = self.batch_size
-        if fixed is None or arr.shape[0] == fixed:
+        if self.detector:
+            if boxes is None:
+                raise ValueError("an action detector scores person boxes: call it as model(clips, boxes) "
+                                 "(on the command line: videoapp detect)")
+            out = self._detect(arr, boxes)
+        elif boxes is not None:
+            raise ValueError(f"{self.path.name} is a classifier: it takes clips only, no boxes")
+        elif fixed is None or arr.shape[0] == fixed:
             out = self._run(arr)
         else:
             parts = []
@@ -455,4 +561,6 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
 
     def extra_repr(self) -> str:
-        return f"{self.path.name}, model={self.model_name}, classes={self.num_classes}, batch={self.batch_size or 'dynamic'}"
+        kind = "actions" if self.detector else "classes"
+        return (f"{self.path.name}, model={self.pretrained_cfg.model_name}, {kind}={self.num_classes}, "
+                f"batch={self.batch_size or 'dynamic'}")

@@ -220,11 +220,11 @@ RULES: dict[str, Rule] = {"hiera": hiera_rules, "mvitv2": mvitv2_rules, "twins":
 
 
 def _family_of(model: nn.Module) -> str:
-    name = getattr(model, "model_name", None)
-    if name:
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is not None:
         from videoapp.models.registry import get_model_entry
 
-        return get_model_entry(name).family
+        return get_model_entry(cfg.model_name).family
     return type(model).__name__.lower()
 
 
@@ -243,7 +243,8 @@ def inflate_state_dict(image_state: Mapping[str, torch.Tensor], video_model: nn.
     family = family or _family_of(video_model)
     if family not in RULES:
         raise ValueError(f"no inflation rules for model family '{family}' (known: {', '.join(sorted(RULES))})")
-    report = InflationReport(model=getattr(video_model, "model_name", type(video_model).__name__))
+    cfg = getattr(video_model, "pretrained_cfg", None)
+    report = InflationReport(model=cfg.model_name if cfg is not None else type(video_model).__name__)
     target = video_model.state_dict()
     special, consumed = RULES[family](image_state, video_model, report)
     out: dict[str, torch.Tensor] = {}

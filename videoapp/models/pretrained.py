@@ -35,6 +35,7 @@ __all__ = [
     "load_raw_checkpoint",
     "metadata_for",
     "read_and_convert",
+    "size_kwargs",
     "ssv2_slowfast_preprocessing",
 ]
 
@@ -47,7 +48,10 @@ class ImportReport:
     ``num_classes`` the classifier size in the checkpoint (``None`` without a
     head); ``labels`` the class names if known; ``data_config`` preprocessing
     overrides (see :data:`videoapp.weights.DATA_KEYS`); ``metadata`` the file's raw metadata;
-    ``notes`` human-readable remarks (e.g. labels inferred from the class count).
+    ``notes`` human-readable remarks (e.g. labels inferred from the class count);
+    ``model_kwargs`` the factory keywords the weights need beyond the variant's
+    defaults: ``num_frames`` / ``crop_size`` of weights trained at another clip
+    size (their position tables have other shapes), from the metadata.
     """
 
     source: str
@@ -57,6 +61,22 @@ class ImportReport:
     data_config: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def size_kwargs(model_name: str, meta: Mapping[str, Any]) -> dict[str, int]:
+    """``num_frames`` / ``crop_size`` from weights metadata ``meta`` where they differ from the variant's.
+
+    Only the differing ones: an image variant (one frame) takes no ``num_frames``
+    keyword, and a variant's own size needs none.
+    """
+    defaults = get_model_entry(model_name).data
+    out: dict[str, int] = {}
+    for key in ("num_frames", "crop_size"):
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and int(value) != defaults.get(key):
+            out[key] = int(value)
+    return out
 
 
 def metadata_for(report: ImportReport, **extra: Any) -> dict[str, Any]:
@@ -115,10 +135,12 @@ def load_raw_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     return state, {}
 
 
-def expected_shapes(model_name: str, num_classes: int | None) -> dict[str, tuple[int, ...]]:
-    """Parameter/buffer names and shapes of ``model_name`` (built on the meta device, no memory)."""
+def expected_shapes(model_name: str, num_classes: int | None, **model_kwargs: Any) -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer names and shapes of ``model_name`` built with ``model_kwargs`` (on the meta device, no memory)."""
     entry = get_model_entry(model_name)
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     with torch.device("meta"):
         model = entry.factory(**kwargs)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -202,24 +224,47 @@ def read_and_convert(
 
 
 def import_checkpoint(
-    path: str | os.PathLike, model_name: str, source: str = "auto"
+    path: str | os.PathLike, model_name: str, source: str = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], ImportReport]:
     """Read ``path`` and convert it into a state dict for registry model ``model_name``.
 
     ``source`` names the checkpoint's format ("videoapp", "torchvision",
     "slowfast", ... as registered by the family's converters) or "auto" to
-    sniff it from the key names. The result is checked strictly: a missing or
-    unexpected key or a shape mismatch raises :class:`CheckpointError` naming
-    them. Returns ``(state_dict, report)``.
+    sniff it from the key names. The result is checked strictly against the
+    model built with the clip size in the weights' metadata (``num_frames`` /
+    ``crop_size``, see :func:`size_kwargs`; the variant's own size when the
+    weights fit that instead) updated by ``model_kwargs`` (the
+    factory keywords the caller will build with; ``num_classes`` is taken from
+    the weights): a missing or unexpected key or a shape mismatch raises
+    :class:`CheckpointError` naming them. Returns ``(state_dict, report)``;
+    ``report.model_kwargs`` holds the size keywords to build the model with.
     """
     state, source, meta = read_and_convert(path, model_name, source)
     if meta.get("model") and meta["model"] != model_name:
         raise CheckpointError(f"{path}: weights are for '{meta['model']}', not '{model_name}'")
     head = state.get("head.fc.weight")
     num_classes = int(head.shape[0]) if head is not None else None
-    check_state_dict(state, expected_shapes(model_name, num_classes), f"{path} does not fit {model_name}")
+    asked = {k: v for k, v in dict(model_kwargs or {}).items() if k != "num_classes"}
+    # The metadata's clip size first (weights trained at that size: other position-table shapes); then
+    # the variant's own, for weights whose metadata only states the sampling protocol (MViTv2 and Twins
+    # run any clip size with tables of the built size).
+    sizes = size_kwargs(model_name, meta)
+    candidates = [sizes, {}] if sizes else [sizes]
+    first_error: CheckpointError | None = None
+    for sizes in candidates:
+        try:
+            check_state_dict(state, expected_shapes(model_name, num_classes, **{**sizes, **asked}),
+                             f"{path} does not fit {model_name}")
+            break
+        except CheckpointError as exc:
+            first_error = first_error or exc
+    else:
+        assert first_error is not None
+        raise first_error
 
-    report = ImportReport(source=source, model=model_name, num_classes=num_classes, labels=None, metadata=meta)
+    report = ImportReport(source=source, model=model_name, num_classes=num_classes, labels=None, metadata=meta,
+                          model_kwargs=sizes)
     report.data_config = {k: meta[k] for k in DATA_KEYS if k in meta}
     if isinstance(meta.get("labels"), list):
         report.labels = [str(x) for x in meta["labels"]]

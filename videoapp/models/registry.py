@@ -16,8 +16,9 @@ the registry never imports them back.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,91 @@ class ModelEntry:
     module: str
     data: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a built model was made for: the ``pretrained_cfg`` attribute :func:`create_model` sets.
+
+    One typed record (timm's ``pretrained_cfg``, torchvision's weights
+    ``meta``) instead of loose attributes: the registry entry's clip protocol,
+    overridden by the weights' metadata, then by ``create_model``'s
+    ``num_frames`` / ``crop_size``, so it always describes the module as built.
+
+    Fields: ``model_name`` (registry name); ``num_frames`` (frames per clip);
+    ``sampling_rate`` (stride between sampled frames, in source frames);
+    ``crop_size`` (pixels); ``mean`` / ``std`` (per channel, for inputs in
+    [0, 1]); ``channel_order`` ("rgb" or "bgr", the order the network expects);
+    ``sampling`` ("rate": clips of ``num_frames`` every ``sampling_rate``
+    frames, "uniform": one clip spread over the whole video, SSv2);
+    ``task`` ("classification" or "detection"); ``backbone`` (a detector's
+    backbone registry name, else ``None``); ``labels`` (class or action names
+    indexed like the logits, ``None`` when unknown). Immutable: derive a
+    changed copy with :meth:`replace`.
+    """
+
+    model_name: str
+    num_frames: int
+    sampling_rate: int
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str = "rgb"
+    sampling: str = "rate"
+    task: str = "classification"
+    backbone: str | None = None
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise what JSON metadata and YAML give (lists, strings of numbers) so that
+        # equal protocols compare equal and nothing mutable hides in a frozen record.
+        set_ = object.__setattr__
+        for key in ("num_frames", "sampling_rate", "crop_size"):
+            set_(self, key, int(getattr(self, key)))
+        set_(self, "mean", tuple(float(v) for v in self.mean))
+        set_(self, "std", tuple(float(v) for v in self.std))
+        set_(self, "channel_order", str(self.channel_order).lower())
+        if self.labels is not None:
+            set_(self, "labels", tuple(str(x) for x in self.labels))
+
+    @classmethod
+    def from_data(cls, model_name: str, data: Mapping[str, Any],
+                  labels: Sequence[str] | None = None) -> "ModelConfig":
+        """A config from a registry ``data`` dict / weights metadata (unknown keys ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"model_name", "labels"}
+        return cls(model_name=model_name, labels=None if labels is None else tuple(labels),
+                   **{k: v for k, v in data.items() if k in known and v is not None})
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes`` applied (e.g. ``labels=...`` after a new head, ``num_frames=...``)."""
+        return dataclasses.replace(self, **changes)
+
+    def data_config(self) -> dict[str, Any]:
+        """The clip protocol as a plain dict, in the form our weights metadata stores it.
+
+        Keys ``num_frames``, ``sampling_rate``, ``crop_size``, ``mean``, ``std``
+        (lists), ``channel_order``, ``sampling``; detectors also ``task`` and
+        ``backbone``. Handy for ``save_weights(path, state, {"model": ..., **cfg.data_config()})``.
+        """
+        out: dict[str, Any] = {
+            "num_frames": self.num_frames, "sampling_rate": self.sampling_rate, "crop_size": self.crop_size,
+            "mean": list(self.mean), "std": list(self.std), "channel_order": self.channel_order,
+            "sampling": self.sampling,
+        }
+        if self.task != "classification":
+            out["task"] = self.task
+        if self.backbone is not None:
+            out["backbone"] = self.backbone
+        return out
+
+
+def get_pretrained_cfg(model: Any) -> ModelConfig:
+    """``model.pretrained_cfg``, or a one-line ``ValueError`` for a module that was not built by ``create_model``."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"{type(model).__name__} has no pretrained_cfg (a ModelConfig): build models with "
+                         "videoapp.create_model, or set model.pretrained_cfg")
+    return cfg
 
 
 class UnknownModelError(KeyError):

@@ -33,7 +33,7 @@ def untrained_model(name: str = UNTRAINED_MODEL, num_classes: int = UNTRAINED_CL
 
     Seeded with :data:`UNTRAINED_SEED` (without touching the global RNG), so
     the CLI and the UI, in any process, predict with the same weights; its
-    ``labels`` are :func:`untrained_labels`. Raises ``KeyError``-like registry
+    ``pretrained_cfg.labels`` are :func:`untrained_labels`. Raises ``KeyError``-like registry
     errors for an unknown ``name``.
     """
     import torch
@@ -43,7 +43,7 @@ def untrained_model(name: str = UNTRAINED_MODEL, num_classes: int = UNTRAINED_CL
     with torch.random.fork_rng():
         torch.manual_seed(UNTRAINED_SEED)
         model = create_model(name, num_classes=num_classes)
-    model.labels = untrained_labels(num_classes)
+    model.pretrained_cfg = model.pretrained_cfg.replace(labels=tuple(untrained_labels(num_classes)))
     return model
 
 

@@ -547,3 +547,25 @@ def test_mlp_and_drop_path():
     kept = y[:, 0] != 0
     assert torch.all((y[kept] == 2.0)) and 300 < int(kept.sum()) < 700
     assert torch.equal(DropPath(0.0).train()(x), x)
+
+
+def test_per_stage_q_stride_keeps_the_last_map_at_stride_16():
+    """One Q stride per stage start: (1, 1, 1) last leaves the last map at stride 16; the XXS detector's
+    backbone keeps the camera classifier's parameter shapes, so that classifier initialises it."""
+    from videoapp.models.mvitv2 import MViTv2
+
+    kw = dict(num_classes=5, depths=(1, 1, 1), embed_dim=8, num_heads=1, num_frames=4, crop_size=64)
+    plain = MViTv2(**kw)
+    dilated = MViTv2(**kw, q_stride=[(1, 2, 2), (1, 1, 1)])
+    assert [f["stride"] for f in dilated.feature_info] == [(2, 4, 4), (2, 8, 8), (2, 8, 8)]
+    assert [f["stride"] for f in plain.feature_info][-1] == (2, 16, 16)
+    feats = dilated.forward_intermediates(torch.randn(1, 3, 4, 64, 64), intermediates_only=True)
+    assert feats[-1].shape[-2:] == (8, 8)
+    with pytest.raises(ValueError, match="one \\(t, h, w\\) per stage start"):
+        MViTv2(**kw, q_stride=[(1, 2, 2)])
+
+    detector = create_model("mvitv2_xxs_8x96_ava", num_classes=8).backbone
+    classifier = create_model("mvitv2_xxs_8x64", num_classes=0)
+    assert detector.feature_info[-1]["stride"] == (2, 16, 16)
+    assert {k: v.shape for k, v in detector.state_dict().items()} == \
+        {k: v.shape for k, v in classifier.state_dict().items()}

@@ -29,7 +29,9 @@ Registered variants (clip protocol in the registry entry):
   Twins protocol; Twins takes any input size, its positions come from PEG
   convolutions, so the frames keep their aspect ratio as for MViTv2).
 - ``mvitv2_xxs_8x64_ava``, ``hiera_xxs_8x64_ava``, ``twins_svt_xxs_8x64_ava``:
-  8 frames every 8th at 64 px (tests, small shipped models).
+  8 frames every 8th at 64 px (tests, small models).
+- ``mvitv2_xxs_8x96_ava``: 8 frames 4 apart at 96 px, last stage at stride 16
+  (the shipped generated-motion detector).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ __all__ = [
     "hiera_base_16x224_ava",
     "twins_svt_s_16x224_ava",
     "mvitv2_xxs_8x64_ava",
+    "mvitv2_xxs_8x96_ava",
     "hiera_xxs_8x64_ava",
     "twins_svt_xxs_8x64_ava",
 ]
@@ -189,11 +192,11 @@ def _build(backbone_name: str, overrides: dict[str, Any]) -> ActionDetector:
     return ActionDetector(backbone, num_classes, head_dropout, roi_size, backbone_name=backbone_name)
 
 
-def _detector(backbone: str):
-    # A detector takes its clip protocol from its backbone's registry entry (one source), and
-    # shares its family name (``videoapp models`` groups them).
+def _detector(backbone: str, **protocol: Any):
+    # A detector takes its clip protocol from its backbone's registry entry (one source; ``protocol``
+    # names what a detector variant changes), and shares its family name (``videoapp models`` groups them).
     entry = get_model_entry(backbone)
-    return register_model(entry.family, **{**entry.data, "task": "detection", "backbone": backbone})
+    return register_model(entry.family, **{**entry.data, **protocol, "task": "detection", "backbone": backbone})
 
 
 @_detector("mvitv2_s_16x4")
@@ -224,6 +227,18 @@ def twins_svt_s_16x224_ava(**kwargs: Any) -> ActionDetector:
 def mvitv2_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     """MViTv2-XXS 8x8 detector, 64 px short side (tests, small models): 80 actions by default."""
     return _build("mvitv2_xxs_8x64", kwargs)
+
+
+@_detector("mvitv2_xxs_8x64", sampling_rate=4, crop_size=96)
+def mvitv2_xxs_8x96_ava(**kwargs: Any) -> ActionDetector:
+    """MViTv2-XXS detector, 8 frames 4 apart, 96 px short side (the shipped default detector).
+
+    The last stage keeps stride 16 (no Q pooling into it), as SlowFast's AVA
+    detectors keep res5 at stride 16, so RoIAlign reads a 6 x 8 map of a 4:3
+    clip instead of 3 x 4. Parameter shapes equal ``mvitv2_xxs_8x64``'s, so the
+    camera classifier's weights initialise its backbone.
+    """
+    return _build("mvitv2_xxs_8x64", {"q_stride": [(1, 2, 2), (1, 2, 2), (1, 1, 1)], **kwargs})
 
 
 @_detector("hiera_xxs_8x64")

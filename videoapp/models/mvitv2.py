@@ -501,7 +501,9 @@ class MViTv2(nn.Module):
             (``DIM_MUL`` / ``HEAD_MUL``).
         patch_kernel, patch_stride, patch_padding: the stem ``Conv3d``.
         pool_kernel: depthwise pooling kernel for Q, K, V (``POOL_KVQ_KERNEL``).
-        q_stride: Q stride at stage starts.
+        q_stride: Q stride at stage starts: one ``(t, h, w)`` for all, or one per
+            stage start (e.g. ``(1, 1, 1)`` last keeps the last map at stride 16, as
+            SlowFast's dilated res5 for AVA detection).
         kv_stride_adaptive: K/V stride of the first stage, divided by each Q stride.
         q_pool_every_block: pool Q (stride 1) in every block, as MViTv2-S/B do;
             ``False`` pools Q only at stage starts (the MViTv2-L K400 layout).
@@ -533,7 +535,7 @@ class MViTv2(nn.Module):
         patch_stride: Sequence[int] = (2, 4, 4),
         patch_padding: Sequence[int] = (1, 3, 3),
         pool_kernel: Sequence[int] = (3, 3, 3),
-        q_stride: Sequence[int] = (1, 2, 2),
+        q_stride: Sequence[int] | Sequence[Sequence[int]] = (1, 2, 2),
         kv_stride_adaptive: Sequence[int] = (1, 8, 8),
         q_pool_every_block: bool = True,
         mlp_ratio: float = 4.0,
@@ -562,6 +564,11 @@ class MViTv2(nn.Module):
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         input_size = [n // s for n, s in zip((num_frames, *crop), patch_stride)]
         kv_stride = list(kv_stride_adaptive)
+        if isinstance(q_stride[0], int):
+            q_stride = [q_stride] * (len(depths) - 1)
+        if len(q_stride) != len(depths) - 1:
+            raise ValueError(f"q_stride: one (t, h, w) per stage start ({len(depths) - 1}), got {q_stride}")
+        stage_q_strides = iter(tuple(int(v) for v in s) for s in q_stride)
         dim, heads = embed_dim, num_heads
         self.blocks = nn.ModuleList()
         self.stage_ends: list[int] = []
@@ -569,7 +576,7 @@ class MViTv2(nn.Module):
         stride, stage_strides = list(patch_stride), []
         for i in range(depth):
             start = i in stage_starts
-            stride_q = tuple(q_stride) if start else (1,) * len(q_stride)
+            stride_q = next(stage_q_strides) if start else (1, 1, 1)
             kernel_q = pool_kernel if (start or q_pool_every_block) else (1,) * len(pool_kernel)
             if start:
                 heads *= 2

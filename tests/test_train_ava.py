@@ -126,3 +126,58 @@ def test_detector_experiment_configs_load():
         cfg = load_config(path)
         assert cfg.data.source == "ava" and cfg.model.name == "mvitv2_xxs_8x64_ava"
         assert cfg.train.export is None  # none reached the shipping bar (weights/README.md)
+
+
+def test_ava_box_augment_flips_clip_boxes_and_swaps_labels(scenes):
+    """Each keyframe comes back as one of the 8 flip/reverse combinations, with boxes mirrored to match
+    the clip and the named actions swapped; every combination occurs over epochs."""
+    root, tr, _ = scenes
+    rows = read_ava_csv(tr.groundtruth, "groundtruth")
+    fn = lambda c, num_video_frames: keyframe_clip_indices(c, 4, 4, num_video_frames)  # noqa: E731
+    common = dict(num_classes=len(MOTIONS), indices_fn=fn, crop_size=32, mean=[0.45] * 3, std=[0.225] * 3)
+    plain = AVADataset(rows, root, train=False, **common)
+    swaps = {"hflip": [(0, 1)], "vflip": [(2, 3)], "reverse": [(0, 1), (2, 3), (4, 5)]}
+    aug = AVADataset(rows, root, train=True, jitter=0.0, augment=swaps, **common)
+    x0, b0, y0 = (t.numpy() for t in plain[0])
+    seen = set()
+    for epoch in range(40):
+        aug.set_epoch(epoch)
+        x, b, y = (t.numpy() for t in aug[0])
+        matches = []
+        for h in (False, True):
+            for v in (False, True):
+                for r in (False, True):
+                    want = x0[:, ::-1] if r else x0
+                    want = want[..., ::-1] if h else want
+                    want = want[..., ::-1, :] if v else want
+                    if np.array_equal(x, want):
+                        matches.append((h, v, r))
+        assert len(matches) == 1, matches  # the clip is exactly one combination
+        h, v, r = matches[0]
+        seen.add(matches[0])
+        wb = b0.copy()
+        if h:
+            wb[:, [0, 2]] = 1 - b0[:, [2, 0]]
+        if v:
+            wb[:, [1, 3]] = 1 - b0[:, [3, 1]]
+        np.testing.assert_allclose(b, wb, atol=1e-7)
+        wy = y0.copy()
+        perm = np.arange(len(MOTIONS))
+        if r:  # reversal and a flip on the same axis cancel out
+            perm[[0, 1, 2, 3, 4, 5]] = [1, 0, 3, 2, 5, 4]
+        if h:
+            perm[[0, 1]] = perm[[1, 0]]
+        if v:
+            perm[[2, 3]] = perm[[3, 2]]
+        np.testing.assert_array_equal(y, wy[:, perm])
+    assert len(seen) == 8
+    with pytest.raises(Exception, match="unknown box augmentation 'rot90'"):
+        AVADataset(rows, root, augment={"rot90": []}, **common)
+
+
+def test_ava_box_augment_config_names_unknown_action(scenes, tmp_path):
+    root, tr, va = scenes
+    cfg = _cfg(root, tr, va, tmp_path / "run")
+    cfg.data.box_augment = {"hflip": [["move_left", "walk"]]}
+    with pytest.raises(ConfigError, match="data.box_augment.hflip: 'walk' is not an action"):
+        train(cfg)

@@ -93,8 +93,13 @@ class DataConfig:
     pretrained weights' metadata, else the model's registry entry.
     ``min_scale``/``max_scale``: training short-side range (default
     ``crop * 256/224`` .. ``crop * 320/224``); ``flip``: random horizontal flips
-    (turn off for direction-sensitive labels). ``batch_size`` is per process
-    and per micro-batch.
+    (turn off for direction-sensitive labels). ``box_augment`` (``ava``
+    training): label-swapping augmentations, each applied to half the
+    keyframes: ``{hflip|vflip|reverse: [[action, action], ...]}`` flips the
+    clip and its boxes left-right / up-down, or plays the clip backwards, and
+    swaps the named actions of every box (``reverse: [[approach, recede]]``);
+    an empty list applies the transform without swaps, an absent key never.
+    ``batch_size`` is per process and per micro-batch.
     """
 
     source: str = "camera_motion"
@@ -113,6 +118,7 @@ class DataConfig:
     max_scale: Optional[int] = None
     flip: bool = True
     box_jitter: float = 0.1
+    box_augment: dict = field(default_factory=dict)
     time_offset: float = 0.0
     batch_size: int = 32
     num_workers: int = 0

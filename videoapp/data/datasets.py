@@ -37,7 +37,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -528,6 +528,10 @@ class BoxTargets:
                           self.labels.to(device, non_blocking=non_blocking), self.items, self.box_index)
 
 
+#: Label-swapping augmentations of :class:`AVADataset` (training only).
+_BOX_AUGMENTS = ("hflip", "vflip", "reverse")
+
+
 class AVADataset(_Epoch, torch.utils.data.Dataset):
     """Keyframe clips with their person boxes and multi-hot actions, from AVA-format rows.
 
@@ -550,7 +554,11 @@ class AVADataset(_Epoch, torch.utils.data.Dataset):
     ``rows`` stays available as :attr:`rows` (the ground truth of an evaluation).
     In training each box is jittered: every coordinate moves by up to
     ``jitter`` times the box's width (x) or height (y), uniformly, then the
-    box is clipped to the frame. ``__getitem__`` returns ``(clip float32
+    box is clipped to the frame; then each transform of ``augment``
+    (``{"hflip" | "vflip" | "reverse": [(i, j), ...]}``, class indices) is
+    applied with probability 1/2: the clip (and the boxes) mirrored left-right
+    or up-down, or its frames reversed in time, and the labels of each pair
+    ``(i, j)`` exchanged (a box moving left moves right in the mirror). ``__getitem__`` returns ``(clip float32
     [3, T, h, w], boxes float32 [k, 4] normalised, labels float32 [k, C])``;
     :meth:`collate` batches them (zero-padding clips to the largest size) into
     ``(clips [B, 3, T, H, W], BoxTargets)``.
@@ -559,8 +567,14 @@ class AVADataset(_Epoch, torch.utils.data.Dataset):
     def __init__(self, rows: Sequence, root: str | os.PathLike, num_classes: int, *,
                  indices_fn, crop_size: int, mean: Sequence[float], std: Sequence[float],
                  channel_order: str = "rgb", fixed_size: bool = False, train: bool = True, jitter: float = 0.1,
-                 time_offset: float = 0.0, seed: int = 0) -> None:
+                 time_offset: float = 0.0, seed: int = 0,
+                 augment: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> None:
         from videoapp.data.ava import canonical_timestamp
+
+        unknown = sorted(set(augment or {}) - set(_BOX_AUGMENTS))
+        if unknown:
+            raise DatasetError(f"unknown box augmentation {unknown[0]!r} (known: {', '.join(_BOX_AUGMENTS)})")
+        self.augment = {name: [(int(i), int(j)) for i, j in pairs] for name, pairs in (augment or {}).items()}
 
         self.root = _check_root(root, "data.root (the videos' folder)")
         self.rows = list(rows)
@@ -645,9 +659,23 @@ class AVADataset(_Epoch, torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _, _, _, boxes, labels = self.items[index]
         b = np.asarray(boxes, dtype=np.float64)
-        if self.train and self.jitter > 0:
-            b = self._jitter(b, self._rng(index))
-        return self.clip(index), torch.from_numpy(b.astype(np.float32)), torch.from_numpy(labels.copy())
+        clip, labels = self.clip(index), labels.copy()
+        if self.train:
+            rng = self._rng(index)
+            if self.jitter > 0:
+                b = self._jitter(b, rng)
+            for name, pairs in self.augment.items():
+                if rng.uniform() >= 0.5:
+                    continue
+                if name == "hflip":
+                    clip, b = clip.flip(-1), np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], axis=1)
+                elif name == "vflip":
+                    clip, b = clip.flip(-2), np.stack([b[:, 0], 1 - b[:, 3], b[:, 2], 1 - b[:, 1]], axis=1)
+                else:  # reverse
+                    clip = clip.flip(1)
+                for i, j in pairs:
+                    labels[:, [i, j]] = labels[:, [j, i]]
+        return clip, torch.from_numpy(b.astype(np.float32)), torch.from_numpy(labels)
 
     def collate(self, batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                 items: Sequence[int] | None = None) -> tuple[torch.Tensor, BoxTargets]:

@@ -438,8 +438,18 @@ def _ava_datasets(cfg: Config, classes: list[str], data: dict, train_rows, val_r
                   time_offset=c.time_offset, seed=cfg.train.seed,
                   indices_fn=functools.partial(keyframe_clip_indices, num_frames=data["num_frames"],
                                                sampling_rate=data["sampling_rate"]))
+    index = {name: i for i, name in enumerate(classes)}
+    augment = {}
+    for name, pairs in (c.box_augment or {}).items():
+        try:
+            augment[name] = [(index[a], index[b]) for a, b in (pairs or [])]
+        except KeyError as exc:
+            raise ConfigError(f"data.box_augment.{name}: {exc.args[0]!r} is not an action of the label map "
+                              f"(e.g. {', '.join(classes[:3])})") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.box_augment.{name}: expected pairs of action names, got {pairs!r}") from None
     try:
-        train_ds = AVADataset(train_rows, train=True, jitter=c.box_jitter, **common)
+        train_ds = AVADataset(train_rows, train=True, jitter=c.box_jitter, augment=augment, **common)
         val_ds = AVADataset(val_rows, train=False, **common) if val_rows is not None else None
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None

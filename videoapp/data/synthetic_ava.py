@@ -24,7 +24,7 @@ turn, so ``move_left`` + ``approach`` happens; ``still`` never comes with
 another action. Motions are constant over a scene, clearly above the
 threshold that separates them from ``still`` (translation 0.5-0.9 % of the
 frame's short side per frame, scale 1.2-2.2 %/frame (:data:`SCALE_SPEED`),
-rotation 1-3 degrees/frame). Object heights (10-100 % of the short side over
+rotation 2-4 degrees/frame: :data:`ROTATION_SPEED`). Object heights (10-100 % of the short side over
 a scene, at most half of it mid-scene: :data:`SIZE_RANGE`), positions,
 overlaps (boxes of two objects overlap by IoU <= 0.3 on every keyframe, so
 they may occlude each other partly), speeds, directions (within 8 degrees of
@@ -61,6 +61,8 @@ __all__ = [
     "MOTIONS",
     "SCALE_SPEED",
     "SIZE_RANGE",
+    "ROTATION_SPEED",
+    "ROTATE_PROBABILITY",
     "ObjectTrack",
     "Scene",
     "label_map",
@@ -80,6 +82,11 @@ _SIZES = ((72, 96), (96, 128), (120, 160))  # (height, width): 4:3, so every cli
 #: only 2-5 px in the detector's 1 s clip, against 9-16 px for translations.
 SCALE_SPEED = (0.012, 0.022)
 SIZE_RANGE = (0.1, 1.0)
+#: Turning rate of rotating objects (degrees per frame) and the chance that an object turns. Versions 1-2
+#: used (1, 3) and 0.2: at the low end an edge of a small object moved 3 px in the detector's 1 s clip,
+#: and `rotate` stayed the weakest action (AP 0.2); version 3 turns at least 60 degrees per second.
+ROTATION_SPEED = (2.0, 4.0)
+ROTATE_PROBABILITY = 0.3
 _DIRECTIONS = {"move_left": math.pi, "move_right": 0.0, "move_up": -math.pi / 2, "move_down": math.pi / 2}
 
 
@@ -144,7 +151,7 @@ def _sample_actions(rng: np.random.Generator) -> tuple[str | None, str | None, b
     direction = None if u < 0.4 else ("move_left", "move_right", "move_up", "move_down")[int((u - 0.4) / 0.15)]
     v = rng.uniform()
     scale = None if v < 0.6 else ("approach" if v < 0.8 else "recede")
-    return direction, scale, bool(rng.uniform() < 0.2)
+    return direction, scale, bool(rng.uniform() < ROTATE_PROBABILITY)
 
 
 def _sprite(split: str, rng: np.random.Generator, exclude: int):
@@ -222,7 +229,7 @@ def _object_motion(direction: str | None, scale: str | None, rotates: bool, t: n
     if x_lo > x_hi or y_lo > y_hi or span <= 0:
         return None
     x0, y0 = rng.uniform(x_lo, x_hi), rng.uniform(y_lo, y_hi)
-    w = math.radians(_log_uniform(rng, 1.0, 3.0)) * (1 if rng.uniform() < 0.5 else -1) if rotates else 0.0
+    w = math.radians(_log_uniform(rng, *ROTATION_SPEED)) * (1 if rng.uniform() < 0.5 else -1) if rotates else 0.0
     # Hand-held wobble: sub-threshold, zero-mean.
     wob = short * rng.uniform(0, 0.003)
     ph = rng.uniform(0, 2 * np.pi, size=2)

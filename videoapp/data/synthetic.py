@@ -21,7 +21,11 @@ picture: a real photograph shipped offline by scikit-image
 ==============  =========================================================
 
 Speeds, start, direction wobble, easing, noise, brightness, colour, scale and
-small independently moving objects are random. Everything is seeded:
+small independently moving objects are random. Optionally (``large_movers``,
+a probability per clip, 0 by default) one or two large person-like figures
+walk, wave or bend in the frame (:mod:`videoapp.data.synthetic_figures`),
+whatever the camera does: the label still follows the camera only, so a
+tripod shot of a walking person is ``static``. Everything is seeded:
 clip ``i`` of a pool with seed ``s`` depends only on ``(s, i)``. Source
 pictures are split: :data:`TRAIN_PHOTOS` and training texture seeds for
 training, :data:`TEST_PHOTOS` and another texture-seed namespace for held-out
@@ -110,6 +114,7 @@ _TEXTURES_PER_SPLIT = {"train": 24, "test": 8}
 _SPLIT_TAG = {"train": 1, "test": 2}
 _POOL_TAG = 11
 _VIDEO_TAG = 12
+_MOVERS_TAG = 13
 
 
 # --------------------------------------------------------------------------- video writing
@@ -489,6 +494,24 @@ def _draw_objects(frames, t: np.ndarray, rng: np.random.Generator) -> None:
             frames[k][:, mask] = colour
 
 
+def _draw_large_movers(frames, times: np.ndarray, fps: float, split: str, rng: np.random.Generator) -> list:
+    """Draw 1-2 large person-like figures over float frames ``[T, 3, H, W]`` in place; returns their alphas.
+
+    ``times``: frame numbers. Each figure is 30-70 % of the frame height and
+    textured from a picture of ``split``. Returns ``[(Figure, alpha [T, H, W]), ...]``.
+    """
+    from videoapp.data.synthetic_figures import draw_figure, random_figure
+
+    _, _, h, w = frames.shape
+    t = (times - times.min()) / fps
+    out = []
+    for _ in range(1 if rng.uniform() < 0.65 else 2):
+        texture = _pick_source(split, rng).levels[0]
+        fig = random_figure(h, w, t, rng)
+        out.append((fig, draw_figure(frames, fig, t, texture)))
+    return out
+
+
 def _photometric(frames, rng: np.random.Generator):
     """Gamma, contrast, brightness, flicker and sensor noise on float frames ``[T, 3, H, W]`` (0-255)."""
     import torch
@@ -549,7 +572,8 @@ def _texture(frame) -> float:
 
 def camera_motion_clip(label: str, times: np.ndarray, height: int, width: int, rng: np.random.Generator,
                        split: str = "train", fps: float = 30.0, image: np.ndarray | None = None,
-                       view_size: int | None = None, objects: bool = True) -> np.ndarray:
+                       view_size: int | None = None, objects: bool = True, large_movers: float = 0.0,
+                       movers_out: list | None = None) -> np.ndarray:
     """One camera-motion clip: uint8 frames ``[len(times), height, width, 3]`` at frame ``times``.
 
     ``times`` are frame numbers of a 30 fps (``fps``) video, e.g. ``np.arange(60)``
@@ -560,6 +584,13 @@ def camera_motion_clip(label: str, times: np.ndarray, height: int, width: int, r
     bilinear without antialiasing, centre crop) before the noise is added, and
     come out ``[T, view_size, view_size, 3]``. ``objects=False`` leaves out the
     independently moving distractor objects (20 % of clips have them).
+
+    ``large_movers``: the probability that 1-2 large person-like figures move
+    in the clip (drawn in screen space at the video size, before
+    preprocessing; the label does not change). At 0 the clip is exactly what
+    it was before the option existed (no extra random draws). When
+    ``movers_out`` is a list, ``(Figure, alpha [T, height, width])`` of each
+    figure drawn is appended to it.
     """
     times = np.asarray(times, dtype=np.float64)
     fixed = None if image is None else _Picture(image)
@@ -572,6 +603,10 @@ def camera_motion_clip(label: str, times: np.ndarray, height: int, width: int, r
         if fixed is not None or _texture(_sample(picture, path, height, width, placement, slice(0, 1))[0]) >= MIN_TEXTURE:
             break
     frames = _sample(picture, path, height, width, placement)
+    if large_movers > 0 and rng.uniform() < large_movers:
+        drawn = _draw_large_movers(frames, times, fps, split, rng)
+        if movers_out is not None:
+            movers_out.extend(drawn)
     if view_size is not None:
         from videoapp.data.transforms import center_crop, resize_short_side, short_side_for_crop
 
@@ -640,7 +675,7 @@ class Pool:
 
 
 def _pool_chunk(args: tuple) -> tuple[int, np.ndarray]:
-    start, stop, split, seed, num_frames, sampling_rate, crop_size, classes = args
+    start, stop, split, seed, num_frames, sampling_rate, crop_size, classes, large_movers = args
     import torch
 
     torch.set_num_threads(1)
@@ -652,39 +687,45 @@ def _pool_chunk(args: tuple) -> tuple[int, np.ndarray]:
     for j, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([_POOL_TAG, _SPLIT_TAG[split], seed, i])
         h, w = _video_size(rng)
-        out[j] = camera_motion_clip(classes[i % len(classes)], times, h, w, rng, split=split, view_size=crop_size)
+        out[j] = camera_motion_clip(classes[i % len(classes)], times, h, w, rng, split=split, view_size=crop_size,
+                                    large_movers=large_movers)
     return start, out
 
 
 def pool_key(num_clips: int, split: str = "train", seed: int = 0, num_frames: int = 8, sampling_rate: int = 4,
-             crop_size: int = 64, classes: Sequence[str] = CAMERA_MOTIONS) -> str:
+             crop_size: int = 64, classes: Sequence[str] = CAMERA_MOTIONS, large_movers: float = 0.0) -> str:
     """A short name that identifies a pool's content (for caching)."""
-    blob = json.dumps([GENERATOR_VERSION, num_clips, split, seed, num_frames, sampling_rate, crop_size, list(classes)])
+    key = [GENERATOR_VERSION, num_clips, split, seed, num_frames, sampling_rate, crop_size, list(classes)]
+    # Pools without large movers keep the names they had before the option existed.
+    blob = json.dumps(key + [float(large_movers)] if large_movers else key)
     return f"camera_{split}_{num_clips}_{num_frames}x{sampling_rate}_{crop_size}px_s{seed}_" + \
         hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
 def generate_pool(num_clips: int, *, split: str = "train", seed: int = 0, num_frames: int = 8,
                   sampling_rate: int = 4, crop_size: int = 64, classes: Sequence[str] = CAMERA_MOTIONS,
-                  workers: int = 1, progress: bool = False) -> Pool:
+                  large_movers: float = 0.0, workers: int = 1, progress: bool = False) -> Pool:
     """Render ``num_clips`` camera-motion clips (labels balanced, clip ``i`` has class ``i % len(classes)``).
 
     Each clip is the ``num_frames`` frames that the Predictor would sample from
     a video (indices over a span of ``num_frames * sampling_rate`` frames, the
     PySlowFast formula), rendered at a random small video size and
     preprocessed like the Predictor does (short side ``round(crop * 256/224)``,
-    centre crop ``crop_size``). Deterministic in ``(seed, i)`` whatever
-    ``workers`` is.
+    centre crop ``crop_size``). ``large_movers``: probability of large
+    person-like figures in a clip (see :func:`camera_motion_clip`).
+    Deterministic in ``(seed, i)`` whatever ``workers`` is.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0.0 <= large_movers <= 1.0:
+        raise ValueError(f"large_movers is a probability in [0, 1], got {large_movers}")
     unknown = [c for c in classes if c not in CAMERA_MOTIONS]
     if unknown:
         raise ValueError(f"unknown camera motions: {unknown}")
     classes = list(classes)
     clips = np.empty((num_clips, num_frames, crop_size, crop_size, 3), np.uint8)
     chunk = max(8, min(64, -(-num_clips // (4 * max(workers, 1)))))
-    jobs = [(s, min(s + chunk, num_clips), split, seed, num_frames, sampling_rate, crop_size, classes)
+    jobs = [(s, min(s + chunk, num_clips), split, seed, num_frames, sampling_rate, crop_size, classes, large_movers)
             for s in range(0, num_clips, chunk)]
     from tqdm import tqdm
 
@@ -711,13 +752,13 @@ def generate_pool(num_clips: int, *, split: str = "train", seed: int = 0, num_fr
     bar.close()
     labels = np.arange(num_clips, dtype=np.int64) % len(classes)
     meta = dict(generator_version=GENERATOR_VERSION, split=split, seed=seed, num_frames=num_frames,
-                sampling_rate=sampling_rate, crop_size=crop_size)
+                sampling_rate=sampling_rate, crop_size=crop_size, large_movers=large_movers)
     return Pool(clips, labels, classes, meta)
 
 
 def cached_pool(cache_dir: str | os.PathLike, num_clips: int, **kwargs) -> Pool:
     """:func:`generate_pool` with the result kept in ``cache_dir`` (reused when the same pool is asked again)."""
-    gen_keys = ("split", "seed", "num_frames", "sampling_rate", "crop_size", "classes")
+    gen_keys = ("split", "seed", "num_frames", "sampling_rate", "crop_size", "classes", "large_movers")
     key = pool_key(num_clips, **{k: kwargs[k] for k in gen_keys if k in kwargs})
     folder = Path(cache_dir) / key
     if (folder / "meta.json").is_file():
@@ -730,13 +771,15 @@ def cached_pool(cache_dir: str | os.PathLike, num_clips: int, **kwargs) -> Pool:
 # --------------------------------------------------------------------------- whole videos
 def write_camera_motion_videos(out_dir: str | os.PathLike, clips_per_class: int, *, split: str = "test",
                                seed: int = 0, classes: Sequence[str] = CAMERA_MOTIONS, fps: float = 30.0,
-                               min_frames: int = 48, max_frames: int = 90, crf: int = 23) -> list[tuple[Path, str]]:
+                               min_frames: int = 48, max_frames: int = 90, crf: int = 23,
+                               large_movers: float = 0.0) -> list[tuple[Path, str]]:
     """Write ``clips_per_class`` H.264 clips per class as ``out_dir/<label>/<label>_<k>.mp4``.
 
     Whole videos (every frame, at a random small size and length between
     ``min_frames`` and ``max_frames``) of one camera move each, from the
     ``split`` pictures; clip ``k`` of class ``c`` depends only on ``(seed, c, k)``.
-    The tree is a class-per-folder dataset. Returns ``[(path, label), ...]``.
+    The tree is a class-per-folder dataset. ``large_movers``: probability of
+    large moving figures in a clip. Returns ``[(path, label), ...]``.
     """
     out_dir = Path(out_dir)
     items = []
@@ -747,9 +790,35 @@ def write_camera_motion_videos(out_dir: str | os.PathLike, clips_per_class: int,
             rng = np.random.default_rng([_VIDEO_TAG, _SPLIT_TAG[split], seed, CAMERA_MOTIONS.index(label), k])
             h, w = _video_size(rng)
             n = int(rng.integers(min_frames, max_frames + 1))
-            frames = camera_motion_clip(label, np.arange(n), h, w, rng, split=split, fps=fps)
+            frames = camera_motion_clip(label, np.arange(n), h, w, rng, split=split, fps=fps,
+                                        large_movers=large_movers)
             path = write_video(out_dir / label / f"{label}_{k:03d}.mp4", frames, fps=fps, crf=crf)
             items.append((path, label))
+    return items
+
+
+def write_large_mover_videos(out_dir: str | os.PathLike, num_videos: int, *, split: str = "test", seed: int = 0,
+                             fps: float = 30.0, min_frames: int = 48, max_frames: int = 90,
+                             crf: int = 23) -> list[tuple[Path, str]]:
+    """Write ``num_videos`` H.264 clips of a still camera with 1-2 large moving figures in each.
+
+    Files are ``out_dir/static/static_movers_<k>.mp4`` (a class-per-folder
+    tree whose only class is ``static``): a tripod shot of people walking,
+    waving or bending, which a camera-motion classifier must call static.
+    Sizes and lengths as :func:`write_camera_motion_videos`; clip ``k``
+    depends only on ``(split, seed, k)``. Returns ``[(path, "static"), ...]``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    out_dir = Path(out_dir)
+    items = []
+    for k in range(num_videos):
+        rng = np.random.default_rng([_MOVERS_TAG, _SPLIT_TAG[split], seed, k])
+        h, w = _video_size(rng)
+        n = int(rng.integers(min_frames, max_frames + 1))
+        frames = camera_motion_clip("static", np.arange(n), h, w, rng, split=split, fps=fps, large_movers=1.0)
+        items.append((write_video(out_dir / "static" / f"static_movers_{k:03d}.mp4", frames, fps=fps, crf=crf),
+                      "static"))
     return items
 
 
@@ -786,7 +855,9 @@ def main(argv: list[str] | None = None) -> int:
     of each move in :data:`DEMO_SEQUENCE` (static, pan right, zoom in, ...).
     With ``--camera-videos N``, ``OUT`` is a folder that receives N held-out
     H.264 clips per camera motion as a class-per-folder tree (see
-    :func:`write_camera_motion_videos`).
+    :func:`write_camera_motion_videos`); with ``--large-movers-videos N``, N
+    still-camera clips with large moving figures under ``OUT/static/`` (see
+    :func:`write_large_mover_videos`).
     """
     parser = argparse.ArgumentParser(
         prog="python -m videoapp.data.synthetic",
@@ -800,11 +871,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--camera-videos", type=int, metavar="N",
                         help="write N labelled clips per camera motion into the folder OUT instead")
+    parser.add_argument("--large-movers-videos", type=int, metavar="N",
+                        help="write N still-camera clips with large moving figures into OUT/static/ instead")
     parser.add_argument("--split", choices=SPLITS, default="test",
-                        help="source pictures for --camera-videos (default test: held out from training)")
+                        help="source pictures for --camera-videos / --large-movers-videos "
+                             "(default test: held out from training)")
     args = parser.parse_args(argv)
     if args.fps <= 0 or args.seconds <= 0:
         parser.error("--seconds and --fps must be positive")
+    if args.large_movers_videos is not None:
+        if args.large_movers_videos < 1:
+            parser.error("--large-movers-videos must be >= 1")
+        items = write_large_mover_videos(args.out, args.large_movers_videos, split=args.split, seed=args.seed,
+                                         fps=args.fps)
+        print(f"wrote {len(items)} still-camera clips with large movers into {args.out}/static/ "
+              f"({args.split} pictures, seed {args.seed})")
+        return 0
     if args.camera_videos is not None:
         if args.camera_videos < 1:
             parser.error("--camera-videos must be >= 1")

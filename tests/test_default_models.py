@@ -17,7 +17,7 @@ from videoapp.cli import main as cli_main
 from videoapp.data.synthetic import CAMERA_MOTIONS, write_camera_motion_videos
 from videoapp.weights import WEIGHTS_DIR, default_weights, read_metadata
 
-SHIPPED = ("camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors")
+SHIPPED = ("camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors", "camera_twins_xxs.safetensors")
 CLIPS_PER_CLASS = 10
 HELD_OUT_SEED = 20261122  # not used by any training pool or validation set
 REQUIRED_TOP1 = 0.90
@@ -45,7 +45,8 @@ def test_shipped_weights_describe_themselves(name):
     assert (meta["num_frames"], meta["sampling_rate"], meta["sampling"], meta["crop_size"]) == (8, 4, "rate", 64)
     assert meta["source"].startswith("videoapp train configs/train/")
     assert meta["model"] == {"camera_mvitv2_xxs.safetensors": "mvitv2_xxs_8x64",
-                             "camera_hiera_xxs.safetensors": "hiera_xxs_st_8x64"}[name]
+                             "camera_hiera_xxs.safetensors": "hiera_xxs_st_8x64",
+                             "camera_twins_xxs.safetensors": "twins_svt_xxs_8x64"}[name]
 
 
 def test_default_is_one_of_the_shipped_models():

@@ -30,7 +30,8 @@ from videoapp.models.export import OnnxModel, export_onnx, onnx_metadata  # noqa
 from videoapp.models import create_model  # noqa: E402
 from videoapp.weights import WEIGHTS_DIR, read_metadata  # noqa: E402
 
-SHIPPED = ("default.safetensors", "camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors")
+SHIPPED = ("default.safetensors", "camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors",
+           "camera_twins_xxs.safetensors")
 TOL = 1e-4
 
 
@@ -94,7 +95,7 @@ def test_shipped_export_metadata_round_trip(name, shipped_exports):
     _assert_same_logits(onnx_model, create_model(meta["model"], pretrained=str(weights)), batch=3)
 
 
-@pytest.mark.parametrize("name", ["default.safetensors", "camera_hiera_xxs.safetensors"])
+@pytest.mark.parametrize("name", ["default.safetensors", "camera_hiera_xxs.safetensors", "camera_twins_xxs.safetensors"])
 def test_predict_with_onnx_matches_safetensors(name, shipped_exports, camera_clip, tmp_path):
     results = {}
     for kind, weights in (("pt", WEIGHTS_DIR / name), ("onnx", shipped_exports[name])):

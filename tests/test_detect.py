@@ -285,7 +285,7 @@ def test_detect_bad_input_exits_2_with_one_line(files, capsys, tmp_path, monkeyp
         args, want = [files["clip"], "--boxes", other, "--weights", files["weights"]], "no box for video 'clip' (its videos: other, third)"
     elif case == "no-weights":
         monkeypatch.setattr(videoapp.weights, "WEIGHTS_DIR", d)
-        args, want = [files["clip"], "--boxes", files["boxes"]], "no detector weights ship yet"
+        args, want = [files["clip"], "--boxes", files["boxes"]], "the shipped detector weights/detector.safetensors is missing"
     elif case == "classifier":
         args, want = [files["clip"], "--boxes", files["boxes"], "--weights", files["cls_weights"]], "detection weights"
     elif case == "no-boxes":

@@ -564,7 +564,7 @@ def test_per_stage_q_stride_keeps_the_last_map_at_stride_16():
     with pytest.raises(ValueError, match="one \\(t, h, w\\) per stage start"):
         MViTv2(**kw, q_stride=[(1, 2, 2)])
 
-    detector = create_model("mvitv2_xxs_8x96_ava", num_classes=8).backbone
+    detector = create_model("mvitv2_xxs_8x64_s16_ava", num_classes=8).backbone
     classifier = create_model("mvitv2_xxs_8x64", num_classes=0)
     assert detector.feature_info[-1]["stride"] == (2, 16, 16)
     assert {k: v.shape for k, v in detector.state_dict().items()} == \

@@ -181,3 +181,26 @@ def test_ava_box_augment_config_names_unknown_action(scenes, tmp_path):
     cfg.data.box_augment = {"hflip": [["move_left", "walk"]]}
     with pytest.raises(ConfigError, match="data.box_augment.hflip: 'walk' is not an action"):
         train(cfg)
+
+
+def test_classifier_backbone_init_does_not_bring_its_clip_protocol(tmp_path):
+    """A classifier trained at another protocol starts a detector's backbone; the detector's own registry
+    entry decides frames, stride and size (a detector reads whole frames around keyframes)."""
+    from videoapp.engine.train import _data_config
+    from videoapp.models import create_model, get_model_entry
+    from videoapp.weights import save_weights
+
+    classifier = create_model("mvitv2_xxs_8x64", num_classes=3)
+    path = save_weights(tmp_path / "cls.safetensors", classifier.state_dict(),
+                        {"model": "mvitv2_xxs_8x64", "labels": ["a", "b", "c"], "num_frames": 8, "sampling_rate": 2,
+                         "crop_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3})
+    cfg = config_from_dict({"model": {"name": "mvitv2_xxs_8x64_s16_ava", "pretrained": str(path)},
+                            "data": {"source": "ava", "train": "x.csv", "root": ".", "labels": "m.pbtxt"}})
+    entry = get_model_entry("mvitv2_xxs_8x64_s16_ava").data
+    data = _data_config(cfg)
+    assert (data["num_frames"], data["sampling_rate"], data["crop_size"], data["mean"]) == \
+        (entry["num_frames"], entry["sampling_rate"], entry["crop_size"], entry["mean"]) == (8, 4, 64, [0.45] * 3)
+    # A classifier fine-tuned from the same file does take its protocol.
+    cfg = config_from_dict({"model": {"name": "mvitv2_xxs_8x64", "pretrained": str(path)},
+                            "data": {"source": "kinetics", "train": "x.csv", "root": "."}})
+    assert (_data_config(cfg)["sampling_rate"], _data_config(cfg)["crop_size"]) == (2, 48)

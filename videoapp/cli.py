@@ -476,7 +476,8 @@ def _add_detect_parser(sub) -> None:
                           "'torchvision:NAME' (e.g. torchvision:fasterrcnn_resnet50_fpn_v2, with --detector-weights)")
     d.add_argument("--detector-weights", metavar="W", help="weights file of the torchvision detector (never downloaded)")
     d.add_argument("--weights", metavar="W", help="action detector weights (.safetensors with task: detection, "
-                   "or an exported detector .onnx from 'videoapp export', run by onnxruntime)")
+                   "or an exported detector .onnx from 'videoapp export', run by onnxruntime); default: the shipped "
+                   "weights/detector.safetensors (8 generated motions, see weights/README.md)")
     d.add_argument("--model", metavar="NAME", help="registry name (e.g. mvitv2_s_16x4_ava) for weights without our metadata")
     d.add_argument("--keyframe-fps", type=_positive_float, default=1.0, metavar="F",
                    help="keyframes per second for --detector (default 1, as AVA)")
@@ -540,8 +541,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if weights is None:
         weights = default_detector_weights()
     if weights is None:
-        raise UsageError("no detector weights ship yet: pass --weights W (detection weights of a *_ava model, "
-                         "e.g. from 'videoapp train')")
+        raise UsageError("the shipped detector weights/detector.safetensors is missing: pass --weights W (detection "
+                         "weights of a *_ava model, e.g. from 'videoapp train')")
     predictor = DetectionPredictor(weights, model_name=args.model, device=args.device, bf16=args.bf16,
                                    batch_size=args.batch_size)
     if args.verbose:

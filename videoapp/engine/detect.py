@@ -68,7 +68,7 @@ __all__ = [
     "DEFAULT_DETECTOR_WEIGHTS_NAME",
 ]
 
-#: A shipped detector lives at weights/<this name> (none ships yet).
+#: The shipped detector lives at weights/<this name>.
 DEFAULT_DETECTOR_WEIGHTS_NAME = "detector.safetensors"
 #: SlowFast's AVA ``DETECTION_SCORE_THRESH``: person boxes scored below it are dropped.
 DEFAULT_BOX_THRESHOLD = 0.8
@@ -297,7 +297,7 @@ def make_person_detector(spec: str, weights: str | os.PathLike | None = None, de
 
 
 def default_detector_weights() -> Path | None:
-    """The shipped detector weights file, or ``None`` while none ships."""
+    """The shipped detector weights file, or ``None`` when it is missing."""
     from videoapp.weights import WEIGHTS_DIR
 
     path = WEIGHTS_DIR / DEFAULT_DETECTOR_WEIGHTS_NAME

@@ -217,13 +217,19 @@ def _resolve_classes(cfg: Config):
 
 
 def _data_config(cfg: Config) -> dict:
-    """Clip sampling and preprocessing: registry entry < pretrained weights' metadata < config."""
+    """Clip sampling and preprocessing: registry entry < pretrained weights' metadata < config.
+
+    A classifier's weights that only start a detector's backbone do not bring their protocol: a
+    detector reads whole frames around keyframes, so its own registry entry decides.
+    """
     from videoapp.models.registry import get_model_entry
     from videoapp.weights import DATA_KEYS, read_metadata
 
-    data = dict(get_model_entry(cfg.model.name).data)
+    entry = get_model_entry(cfg.model.name)
+    data = dict(entry.data)
     pre = cfg.model.pretrained
-    if pre and str(pre).endswith(".safetensors") and Path(pre).is_file():
+    backbone_only = entry.data.get("task") == "detection" and pre and _weights_task(pre) != "detection"
+    if pre and str(pre).endswith(".safetensors") and Path(pre).is_file() and not backbone_only:
         meta = read_metadata(pre)
         data.update({k: meta[k] for k in DATA_KEYS if k in meta})
     for k in ("num_frames", "sampling_rate", "crop_size", "mean", "std", "channel_order", "sampling"):

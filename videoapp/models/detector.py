@@ -30,8 +30,8 @@ Registered variants (clip protocol in the registry entry):
   convolutions, so the frames keep their aspect ratio as for MViTv2).
 - ``mvitv2_xxs_8x64_ava``, ``hiera_xxs_8x64_ava``, ``twins_svt_xxs_8x64_ava``:
   8 frames every 8th at 64 px (tests, small models).
-- ``mvitv2_xxs_8x96_ava``: 8 frames 4 apart at 96 px, last stage at stride 16
-  (the shipped generated-motion detector).
+- ``mvitv2_xxs_8x64_s16_ava``: 8 frames 4 apart at 64 px, last stage at
+  stride 16 (the shipped generated-motion detector).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ __all__ = [
     "hiera_base_16x224_ava",
     "twins_svt_s_16x224_ava",
     "mvitv2_xxs_8x64_ava",
-    "mvitv2_xxs_8x96_ava",
+    "mvitv2_xxs_8x64_s16_ava",
     "hiera_xxs_8x64_ava",
     "twins_svt_xxs_8x64_ava",
 ]
@@ -229,14 +229,14 @@ def mvitv2_xxs_8x64_ava(**kwargs: Any) -> ActionDetector:
     return _build("mvitv2_xxs_8x64", kwargs)
 
 
-@_detector("mvitv2_xxs_8x64", sampling_rate=4, crop_size=96)
-def mvitv2_xxs_8x96_ava(**kwargs: Any) -> ActionDetector:
-    """MViTv2-XXS detector, 8 frames 4 apart, 96 px short side (the shipped default detector).
+@_detector("mvitv2_xxs_8x64", sampling_rate=4)
+def mvitv2_xxs_8x64_s16_ava(**kwargs: Any) -> ActionDetector:
+    """MViTv2-XXS detector, 8 frames 4 apart at 64 px, last stage at stride 16 (the shipped detector).
 
     The last stage keeps stride 16 (no Q pooling into it), as SlowFast's AVA
-    detectors keep res5 at stride 16, so RoIAlign reads a 6 x 8 map of a 4:3
-    clip instead of 3 x 4. Parameter shapes equal ``mvitv2_xxs_8x64``'s, so the
-    camera classifier's weights initialise its backbone.
+    detectors keep res5 at stride 16, so RoIAlign reads a 4 x 5 map of a 4:3
+    clip instead of 2 x 3. Parameter shapes and clip protocol equal the camera
+    classifier ``mvitv2_xxs_8x64``'s, whose weights initialise its backbone.
     """
     return _build("mvitv2_xxs_8x64", {"q_stride": [(1, 2, 2), (1, 2, 2), (1, 1, 1)], **kwargs})
 

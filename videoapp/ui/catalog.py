@@ -147,7 +147,7 @@ class ModelCatalog:
         raise UIError("that model is no longer available: pick one from the list")
 
     def detector_path(self) -> Path | None:
-        """The shipped action detector (``weights_dir/detector.safetensors``), or ``None`` while none ships."""
+        """The shipped action detector (``weights_dir/detector.safetensors``), or ``None`` when it is missing."""
         from videoapp.engine.detect import DEFAULT_DETECTOR_WEIGHTS_NAME
 
         path = self.weights_dir / DEFAULT_DETECTOR_WEIGHTS_NAME

@@ -55,8 +55,8 @@ class DetectPage(AppBase):
         """Markdown about the detector weights: the shipped default, or that weights must be uploaded."""
         path = self.models.detector_path()
         if path is None:
-            return ("**Detector weights needed.** No action detector ships yet (`weights/detector.safetensors` is "
-                    "missing), so upload detection weights below: the `.safetensors` of a `*_ava` model "
+            return ("**Detector weights needed.** The shipped action detector (`weights/detector.safetensors`) is "
+                    "missing, so upload detection weights below: the `.safetensors` of a `*_ava` model "
                     "(`task: detection`), e.g. from `videoapp train` with an AVA config.")
         return f"Detector: shipped `{_esc(path.name)}` (upload other detection weights below to use them instead)."
 
@@ -69,7 +69,7 @@ class DetectPage(AppBase):
             return path
         shipped = self.models.detector_path()
         if shipped is None:
-            raise UIError("detector weights are needed: no detector ships yet (weights/detector.safetensors), so "
+            raise UIError("detector weights are needed: the shipped weights/detector.safetensors is missing, so "
                           "upload detection weights (a *_ava model's .safetensors)")
         return shipped
 

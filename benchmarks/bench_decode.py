@@ -109,7 +109,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from videoapp.data.sampling import (clip_indices, iter_window_clips, sliding_windows,
                                         uniform_indices)
     from videoapp.data.video import VideoReader
+    from videoapp.hardware import describe_cpu
 
+    print(f"CPU: {describe_cpu()}", flush=True)
     path = str(ensure_video())
     _prefault()
     with VideoReader(path) as r:

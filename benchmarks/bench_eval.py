@@ -19,7 +19,7 @@ with the small model, >= 0.95 with MViTv2-S on a 2-core machine). "where the
 time goes" splits the eval loop: forward (main process), waiting for decoded
 views (main process idle), and the decoding time spent inside the workers.
 
-The header prints the CPU's bf16 support from ``/proc/cpuinfo``: with
+The header prints the CPU (``videoapp.hardware.describe_cpu``): with
 ``avx512_bf16`` or ``amx_bf16`` bf16 runs natively; with AVX2 only it is
 emulated (slow), so a bf16 comparison there says nothing about the target;
 ``benchmarks/bench_mvit.py`` measures our bf16 MViTv2-S against torchvision's.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,23 +41,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 BENCH_DIR = ROOT / ".bench" / "eval"
-
-
-def cpu_flags() -> str:
-    """Which of avx2 / avx512f / avx512_bf16 / amx_bf16 the CPU reports (Linux; '?' elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    have = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
-    native = "avx512_bf16" in flags or "amx_bf16" in flags
-    return f"{have} -> bf16 {'native' if native else 'EMULATED (bf16 timings meaningless here)'}"
 
 
 def make_dataset(root: Path, videos: int) -> Path:
@@ -132,8 +114,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--protocol", default="kinetics_5x1", help="views preset (default kinetics_5x1)")
     args = parser.parse_args(argv)
 
-    print(f"CPU: {platform.machine()}, torch {torch.__version__} capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; {cpu_flags()}")
+    from videoapp.hardware import describe_cpu
+
+    print(f"CPU: {describe_cpu()}; torch {torch.__version__}")
     torch.set_num_threads(args.threads)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     data = make_dataset(BENCH_DIR / "videos", args.videos)

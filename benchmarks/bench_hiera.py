@@ -15,6 +15,9 @@ input, with 2 torch threads, in ``torch.inference_mode``:
 - "max rel diff" is ``max |ours - official| / max |official|`` over the logits
   (before the official head's softmax) in that mode; the bf16 row also shows
   ours in bf16 against the official fp32 logits.
+
+The header prints the CPU's bf16 kind (``videoapp.hardware.describe_cpu``): on
+an AVX2-only CPU bf16 is emulated and its row says nothing about native bf16.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from videoapp.models.hiera import convert_official  # noqa: E402
+from videoapp.hardware import describe_cpu  # noqa: E402
 from videoapp.models import create_model  # noqa: E402
 
 NAME = "hiera_base_16x224"
@@ -72,6 +76,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{NAME}, input {tuple(x.shape)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"load average before {load:.2f}")
+    print(f"CPU: {describe_cpu()}")
 
     rows = []
     reference_fp32 = None
@@ -108,7 +113,7 @@ def main() -> None:
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average after {load_after:.2f} (above ~2 the CPU was shared and timings are inflated)")
     if args.json:
-        args.json.write_text(json.dumps({"model": NAME, "rows": rows, "load_before": load,
+        args.json.write_text(json.dumps({"model": NAME, "cpu": describe_cpu(), "rows": rows, "load_before": load,
                                          "load_after": load_after}, indent=2))
 
 

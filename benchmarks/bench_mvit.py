@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_mvit.py`` (not a test; 1-3 minutes on 2 cores:
 bf16 matmuls are emulated, and slow, on CPUs without AVX-512 BF16 / AMX; the
-header prints torch's CPU capability).
+header prints the CPU's flags and bf16 kind, ``videoapp.hardware.describe_cpu``).
 
 Both models carry the same weights: torchvision's randomly initialised
 ``mvit_v2_s`` (seed 0) is saved under ``.bench/`` and imported into ours with
@@ -16,6 +16,11 @@ them alike); "best s" is the best round, "median s" the median. "speed-up" is
 torchvision's best time over ours, same dtype. "max rel diff" is
 ``max|logits - ref| / max|ref|`` against torchvision float32.
 
+Targets (issue "videoapp eval", ``--bf16``), printed after the table with PASS
+or MISS, from the best times: our bf16 >= 1.25x torchvision's bf16 and >= 2.5x
+torchvision's fp32. They apply where bf16 is native (AVX512-BF16 or AMX); on
+an AVX2-only CPU bf16 is emulated and the bench says the target does not apply.
+
 Peak memory: one more call per configuration; the process's peak resident
 memory (VmHWM, reset through ``/proc/self/clear_refs`` after ``malloc_trim``)
 minus its resident memory just before the call, in MiB. Linux only (``-``
@@ -24,7 +29,7 @@ elsewhere).
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
 import sys
 import time
@@ -38,7 +43,14 @@ sys.path.insert(0, str(ROOT))
 
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from videoapp.hardware import bf16_kind, describe_cpu  # noqa: E402
+
 BENCH_DIR = ROOT / ".bench"
+# (name, numerator, denominator, minimum ratio of best times): the issue's bf16 targets.
+BF16_TARGETS = [
+    ("ours bf16 vs torchvision bf16", ("videoapp", "bf16"), ("torchvision", "bf16"), 1.25),
+    ("ours bf16 vs torchvision fp32", ("videoapp", "bf16"), ("torchvision", "fp32"), 2.5),
+]
 
 
 # ---------------------------------------------------------------------------- models
@@ -69,6 +81,20 @@ def run_fn(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], 
     return call
 
 
+def target_lines(best: dict[tuple[str, str], float], kind: str) -> list[str]:
+    """The bf16 target lines: ratio, minimum and PASS/MISS for each of :data:`BF16_TARGETS`.
+
+    ``best``: best time in seconds per ``(impl, dtype)``; ``kind``: :func:`videoapp.hardware.bf16_kind`.
+    """
+    if kind == "emulated":
+        return ["bf16 emulated (AVX2): target not applicable"]
+    lines = [f"bf16 targets ({kind}):"]
+    for name, num, den, minimum in BF16_TARGETS:
+        ratio = best[den] / best[num]
+        lines.append(f"  {name}: {ratio:.2f}x (>= {minimum:g}x) {'PASS' if ratio >= minimum else 'MISS'}")
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmark and print the table; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     reference, ours = build_models(BENCH_DIR / "mvit_v2_s_random_seed0.pth")
     x = torch.randn(args.batch, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
 
@@ -97,7 +124,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     memory = {key: peak_memory_mib(fn) for key, fn in calls.items()}
 
     print(f"MViTv2-S forward, input {tuple(x.shape)}, {args.threads} threads, torch {torch.__version__}, "
-          f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, best/median of {args.reps} after 1 warm-up")
+          f"best/median of {args.reps} after 1 warm-up, load average {load:.2f} before")
+    print(f"CPU: {describe_cpu()}")
     header = f"{'impl':12s} {'dtype':5s} {'best s':>8s} {'median s':>9s} {'speed-up':>9s} {'max rel diff':>13s} {'peak MiB':>9s}"
     print(header)
     print("-" * len(header))
@@ -108,6 +136,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         mem = memory[(impl, dt)]
         mem_s = f"{mem:9.0f}" if mem is not None else f"{'-':>9s}"
         print(f"{impl:12s} {dt:5s} {best:8.3f} {statistics.median(ts):9.3f} {base / best:8.2f}x {diff:13.1e} {mem_s}")
+    if not args.no_bf16:
+        print()
+        for line in target_lines({key: min(ts) for key, ts in times.items()}, bf16_kind()):
+            print(line)
     return 0
 
 

@@ -24,7 +24,6 @@ differ between the project's machines); compare ratios from one run only.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -41,27 +40,10 @@ from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path w
 
 from videoapp.models.export import export_onnx  # noqa: E402
 from videoapp.models import create_model  # noqa: E402
+from videoapp.hardware import describe_cpu  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"
 MODELS = ("mvitv2_s_16x4", "hiera_base_16x224")
-_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def cpu_line() -> str:
-    """CPU model, the SIMD flags that matter for these kernels, and torch's CPU capability."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name in ("", platform.machine()):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    shown = " ".join(f for f in _FLAGS if f in flags) or "-"
-    return f"CPU: {name}; flags: {shown}; torch capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -73,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
-    print(cpu_line(), flush=True)
+    print(f"CPU: {describe_cpu()}", flush=True)
     torch.set_num_threads(args.threads)
     BENCH_DIR.mkdir(exist_ok=True)
     header = f"{'model':20s} {'runtime':12s} {'best s':>8s} {'median s':>9s} {'ratio':>7s} {'max rel diff':>13s} {'peak MiB':>9s}"

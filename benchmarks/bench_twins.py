@@ -20,16 +20,15 @@ All four models (``twins_svt_s_16x224``, ``twins_pcpvt_s_16x224``,
 - "peak MiB": extra resident memory at the peak of one more call
   (``benchmarks/_memory.py``; ``-`` where it cannot be measured).
 
-The header prints torch's CPU capability and whether the CPU has native bf16
-(``avx512_bf16``) and the load average: compare ratios from one run, never
-times across machines.
+The header prints the CPU (``videoapp.hardware.describe_cpu``: torch's CPU
+capability, the avx2 / avx512f / avx512_bf16 / amx_bf16 flags) and the load
+average: compare ratios from one run, never times across machines.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from videoapp.hardware import describe_cpu  # noqa: E402
 from videoapp.models import create_model  # noqa: E402
 
 MODELS = [
@@ -53,21 +53,6 @@ MODELS = [
     ("Hiera-B", "hiera_base_16x224"),
 ]
 BASELINE = "MViTv2-S"
-
-
-def cpu_flags() -> str:
-    """torch's CPU capability and the bf16-relevant flags of ``/proc/cpuinfo``."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, flags: {' '.join(shown) or '?'}"
 
 
 def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -124,7 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     print(f"Video models, fp32 forward, input {tuple(x.shape)}, {args.threads} threads, torch {torch.__version__}, "
-          f"{cpu_flags()}; best/median of {args.reps} after 1 warm-up; load average {load:.2f} before, "
+          f"{describe_cpu()}; best/median of {args.reps} after 1 warm-up; load average {load:.2f} before, "
           f"{load_after:.2f} after (above ~2 the CPU was shared and times are inflated)")
     header = (f"{'model':14s} {'params M':>8s} {'GFLOPs':>8s} {'best s':>8s} {'median s':>9s} {'GFLOP/s':>8s} "
               f"{'vs ' + BASELINE:>12s} {'peak MiB':>9s}")
@@ -142,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append(dict(model=name, params_m=params, gflops=gflops[label], best_s=best, median_s=median,
                          gflop_per_s=gflops[label] / best, speedup_vs_mvitv2_s=base / best, peak_mib=mem))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "cpu": cpu_flags(), "threads": args.threads,
+        args.json.write_text(json.dumps({"rows": rows, "cpu": describe_cpu(), "threads": args.threads,
                                          "load_before": load, "load_after": load_after}, indent=2))
     return 0
 

@@ -146,18 +146,21 @@ def _layer(module: str) -> str:
 
 
 # What each layer may import (besides itself). `labels` (class-name lists) is data, usable by all;
-# `files` (atomic writes, one-line errors) is the bottom layer, usable by all.
+# `files` (atomic writes, one-line errors) and `hardware` (what the CPU computes natively) are the
+# bottom layer, usable by all.
+_BOTTOM = {"files", "hardware"}
 ALLOWED = {
     "files": set(),
-    "weights": {"files"},
+    "hardware": set(),
+    "weights": _BOTTOM,
     "labels": set(),
-    "config": {"files", "labels"},
-    "models": {"files", "weights", "labels"},
-    "data": {"files", "labels", "config"},
-    "store": {"files", "labels", "data", "weights"},
-    "engine": {"files", "weights", "labels", "config", "models", "data", "store"},
-    "cli": {"videoapp", "files", "weights", "labels", "config", "models", "data", "store", "engine", "ui"},
-    "ui": {"videoapp", "files", "weights", "labels", "config", "models", "data", "store", "engine"},
+    "config": _BOTTOM | {"labels"},
+    "models": _BOTTOM | {"weights", "labels"},
+    "data": _BOTTOM | {"labels", "config"},
+    "store": _BOTTOM | {"labels", "data", "weights"},
+    "engine": _BOTTOM | {"weights", "labels", "config", "models", "data", "store"},
+    "cli": _BOTTOM | {"videoapp", "weights", "labels", "config", "models", "data", "store", "engine", "ui"},
+    "ui": _BOTTOM | {"videoapp", "weights", "labels", "config", "models", "data", "store", "engine"},
 }
 
 
@@ -180,8 +183,8 @@ def test_layer_order(graph):
         if layer == "data":
             assert not {_layer(d) for d in deps} & {"models", "engine", "ui", "cli"}, module
         if layer == "weights":
-            assert deps <= {"videoapp.files"}, module
-        if layer == "files":  # the bottom layer: shared helpers that import no other videoapp module
+            assert deps <= {"videoapp.files", "videoapp.hardware"}, module
+        if layer in _BOTTOM:  # the bottom layer: shared helpers that import no other videoapp module
             assert not deps, module
 
 

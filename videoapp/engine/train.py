@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from videoapp.config import Config, ConfigError, config_to_dict, dump_config
 from videoapp.files import atomic_path, atomic_write_text, first_line, save_png
+from videoapp.hardware import bf16_kind
 
 logger = logging.getLogger("videoapp")
 
@@ -173,12 +174,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bf16_kind() != "emulated"
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -35,7 +35,10 @@ reference on CPU while keeping float32 results equal to rounding:
 3. After pooling, the rest of a block (attention, projection, MLP, residuals)
    is independent per query row; in inference it runs over row chunks of a few
    MB, so the big intermediates (mask, MLP hidden) stay in cache and are never
-   allocated at full size. In ``forward`` without autograd the last block
+   allocated at full size. Under autocast the chunks share one low-precision
+   copy of each Linear weight (autocast does not cache its casts under
+   ``inference_mode``), and the norm1 output is cast once for Q, K and V
+   (same values as autocast's own casts). In ``forward`` without autograd the last block
    computes only the cls row, all the head reads (the result equals
    ``forward_head(forward_features(x))``, which computes every row).
 
@@ -113,6 +116,33 @@ _CHUNK_MIN_ROWS = 256
 
 def _prod(xs: Sequence[int]) -> int:
     return math.prod(int(x) for x in xs)
+
+
+def _plain_linear(m: nn.Module | None) -> bool:
+    # Only an untouched nn.Linear may be computed with F.linear on pre-cast weights:
+    # a subclass, an adapter or a hook would be skipped.
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+
+
+def _autocast_weights(layers: Sequence[nn.Module | None], device_type: str) -> dict[nn.Module, tuple]:
+    """``{layer: (weight, bias)}`` cast once to the autocast dtype, for the plain ``nn.Linear`` among ``layers``.
+
+    Empty unless autocast is on for ``device_type``. Autocast casts a Linear's
+    float32 weight on every call and, under ``inference_mode``, does not cache
+    the cast: running a block's rows in chunks would cast each weight once per
+    chunk. These are the same casts (same rounding), so results are bitwise equal.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return {}
+    dtype = torch.get_autocast_dtype(device_type)
+    return {m: (m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype))
+            for m in layers if _plain_linear(m) and m.weight.dtype != dtype}
+
+
+def _linear(layer: nn.Module, x: torch.Tensor, cast: dict[nn.Module, tuple] | None) -> torch.Tensor:
+    """``layer(x)``, with the weights from ``cast`` (:func:`_autocast_weights`) where it has them."""
+    wb = cast.get(layer) if cast else None
+    return layer(x) if wb is None else F.linear(x, *wb)
 
 
 # --------------------------------------------------------------------------- relative position
@@ -324,13 +354,13 @@ class MultiScaleAttention(nn.Module):
 
     # -- per-row part ---------------------------------------------------------
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               residual: bool, inplace: bool = False) -> torch.Tensor:
+               residual: bool, inplace: bool = False, cast: dict[nn.Module, tuple] | None = None) -> torch.Tensor:
         """Attention for query rows ``q`` ``[B, n, heads, head_dim]``, then residual pooling and ``proj``.
 
         ``k``, ``v``: ``[B, Nk, heads, head_dim]``; ``mask``: ``[B, heads, n, Nk]``
         relative-position logits or ``None``; ``residual`` adds ``q`` (query
         tokens, not the cls row). Returns ``[B, n, dim_out]``. ``inplace`` reuses
-        buffers (no autograd).
+        buffers (no autograd); ``cast``: pre-cast ``proj`` weights (:func:`_autocast_weights`).
         """
         # SDPA's default scale head_dim**-0.5 applies to q.k only; the mask is
         # added unscaled, exactly like the reference's rel-pos term.
@@ -338,7 +368,7 @@ class MultiScaleAttention(nn.Module):
         out = out.transpose(1, 2)  # [B, n, heads, hd]
         if residual and self.residual_pooling:
             out = out.add_(q) if inplace else out + q
-        return self.proj(out.flatten(2))
+        return _linear(self.proj, out.flatten(2), cast)
 
     def forward(self, x: torch.Tensor, thw: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
         """``[B, P+N, dim]`` on grid ``thw`` -> (``[B, P+N', dim_out]``, ``thw'``)."""
@@ -420,15 +450,24 @@ class MultiScaleBlock(nn.Module):
             tok = grid_to_tokens(grid)
         return (src[:, :1] if p else None), tok
 
-    def _rows(self, q, k, v, mask, skip, residual: bool, inplace: bool, out: torch.Tensor | None = None):
-        """Block output for query rows ``q`` ``[B, n, heads, head_dim]``: ``[B, n, dim_out]`` (into ``out`` if given)."""
-        a = self.attn.attend(q, k, v, mask, residual, inplace=inplace)
+    def _rows(self, q, k, v, mask, skip, residual: bool, inplace: bool, out: torch.Tensor | None = None,
+              cast: dict[nn.Module, tuple] | None = None):
+        """Block output for query rows ``q`` ``[B, n, heads, head_dim]``: ``[B, n, dim_out]`` (into ``out`` if given).
+
+        ``cast``: pre-cast Linear weights for the chunked inference path (:func:`_autocast_weights`).
+        """
+        a = self.attn.attend(q, k, v, mask, residual, inplace=inplace, cast=cast)
         # In-place adds only where they keep the wider dtype (bf16 autocast mixes dtypes).
         y = a.add_(skip) if inplace and a.dtype == skip.dtype else skip + self.drop_path(a)
         yn = self.norm2(y)
-        z = self.drop_path(self.mlp(yn))
+        mlp = self.mlp
+        if cast and mlp.fc1 in cast:
+            # Mlp.forward on the pre-cast weights (its dropouts are off: cast is for inference only).
+            z = _linear(mlp.fc2, mlp.act(_linear(mlp.fc1, yn, cast)), cast)
+        else:
+            z = self.drop_path(mlp(yn))
         if self.proj is not None and not self.dim_mul_in_att:
-            y = self.proj(yn)
+            y = _linear(self.proj, yn, cast)
         if out is not None:
             return torch.add(y, z, out=out)
         return z.add_(y) if inplace and z.dtype == y.dtype else y + z
@@ -440,13 +479,26 @@ class MultiScaleBlock(nn.Module):
         all a classifier needs from the last block (cls-token models only).
         """
         xn = self.norm1(x)
-        q_cls, q_tok, k, v, q_thw, k_thw = self.attn.project_pool(xn, thw, cls_only)
-        skip_cls, skip_tok = self._skip(x, xn, thw, cls_only)
+        attn, dev = self.attn, x.device.type
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.norm1.weight.requires_grad)
         # Autograd needs out-of-place ops, and drop-path one mask per sample: no chunks.
         inplace = not (needs_grad or self.training)
+        if (inplace and torch.is_autocast_enabled(dev) and xn.dtype == torch.float32
+                and all(_plain_linear(m) for m in (attn.q, attn.k, attn.v))
+                and (self.proj is None or not self.dim_mul_in_att or _plain_linear(self.proj))):
+            # Every reader of xn is a Linear that autocast would feed a low-precision copy of it:
+            # make that copy once instead of once per q, k, v (and skip proj). Same values.
+            xn = xn.to(torch.get_autocast_dtype(dev))
+        q_cls, q_tok, k, v, q_thw, k_thw = self.attn.project_pool(xn, thw, cls_only)
+        skip_cls, skip_tok = self._skip(x, xn, thw, cls_only)
         p = self.attn.num_prefix
-        cls_out = self._rows(q_cls, k, v, None, skip_cls, residual=False, inplace=inplace) if p else None
+        # The row part below runs once per chunk: cast its Linear weights once for all chunks.
+        mlp_ok = type(self.mlp) is Mlp and not (self.mlp._forward_hooks or self.mlp._forward_pre_hooks)
+        row_linears = (attn.proj,) + ((self.mlp.fc1, self.mlp.fc2) if mlp_ok else ())
+        if not self.dim_mul_in_att:
+            row_linears += (self.proj,)
+        cast = _autocast_weights(row_linears, dev) if inplace else None
+        cls_out = self._rows(q_cls, k, v, None, skip_cls, residual=False, inplace=inplace, cast=cast) if p else None
         if cls_only:
             return cls_out, q_thw
         rel = self.attn.rel_pos_terms(q_tok, q_thw, k_thw)
@@ -467,13 +519,13 @@ class MultiScaleBlock(nn.Module):
             args = (q_tok[:, start:stop], k, v, mask(start, stop), skip_tok[:, start:stop])
             if out is None:
                 # The first chunk fixes the dtype (autocast may mix them).
-                first = self._rows(*args, residual=True, inplace=True)
+                first = self._rows(*args, residual=True, inplace=True, cast=cast)
                 out = first.new_empty(b, p + rows, first.shape[-1])
                 if p:
                     out[:, :1] = cls_out
                 out[:, p + start:p + stop] = first
             else:
-                self._rows(*args, residual=True, inplace=True, out=out[:, p + start:p + stop])
+                self._rows(*args, residual=True, inplace=True, out=out[:, p + start:p + stop], cast=cast)
         return out, q_thw
 
 

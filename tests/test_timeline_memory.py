@@ -1,12 +1,15 @@
-"""The timeline's sequential pass: PyAV frames identical to random access, and memory bounded by length.
+"""The timeline's sequential pass: frames and scores identical to random access, memory bounded.
 
 ``VideoReader.iter_frames`` (the one-pass timeline) decodes with PyAV even
 where decord serves ``get_frames``: decord's threads interleaved with the
 model's forward passes grew a 90 s timeline by 400-1000 MB. These tests pin
 (1) that the switch changes no pixel: the frames of a sequential pass equal
 ``get_frames`` of the same indices on H.264, VP9, a rotated clip and the real
-clips in ``../shared/clips`` (including the MPEG-4 AVI with B-frames); and
-(2) that the timeline's peak memory does not grow with the video's length:
+clips in ``../shared/clips`` (including the MPEG-4 AVI with B-frames);
+(2) that transforming each window's frames while decoding (so full-size
+frames are not held) gives the per-window transform and scores bit for bit,
+also at 1080p; and (3) that the timeline's peak memory does not grow with the
+video's length and stays under the bound, at 160x120 and at 1080p:
 ``benchmarks/bench_timeline_memory.py`` measures ``Predictor.predict`` with
 windows in fresh processes (VmHWM over the RSS after ``import torch``).
 """
@@ -26,6 +29,10 @@ import torch
 from videos import _texture, decode_indices, render_frame
 from videoapp.data.sampling import iter_window_clips, sliding_windows
 from videoapp.data.video import VideoReader
+from videoapp.engine import predict
+from videoapp.engine.predict import Predictor
+from videoapp.models import create_model
+from videoapp.weights import default_weights
 
 decord = pytest.importorskip("decord")
 
@@ -140,25 +147,86 @@ def test_damage_met_by_the_pyav_pass_turns_tolerant(make_video, monkeypatch, cap
     assert got == list(range(40))
 
 
+def _tiny_model(**cfg):
+    torch.manual_seed(3)
+    m = create_model("mvitv2_xxs_8x64", num_classes=4).eval()
+    m.pretrained_cfg = m.pretrained_cfg.replace(labels=("a", "b", "c", "d"), num_frames=8, sampling_rate=3, **cfg)
+    return m
+
+
+def _per_window(p: Predictor, video: str, window: float, stride: float):
+    """The timeline computed the way it was before: each window's clip decoded whole, then transformed."""
+    with VideoReader(video) as r:
+        wins = p.windows(r.info.num_frames, r.info.fps, window, stride)
+        clips = [r.get_frames(w.indices) for w in wins]
+    return wins, clips
+
+
+# (chunk frames, num_crops, sampling): None keeps the real thresholds (a 160x120 clip is one
+# transform call); 3 splits 8 frames 3+3+2, 1 is the 1080p way (one frame a call).
+@pytest.mark.parametrize("chunk,num_crops,sampling", [(None, 1, "rate"), (3, 1, "rate"), (1, 3, "rate"),
+                                                      (3, 1, "uniform")])
+def test_timeline_is_the_per_window_transform_bit_for_bit(chunk, num_crops, sampling, make_video, monkeypatch):
+    # 4 s at 10 fps, windows of 1.2 s every 0.5 s: a window's 8x3 clip span
+    # reaches into its neighbours' (some frames shared by two windows) and is
+    # clamped at both ends of the video (repeated frames).
+    video = make_video(num_frames=40, fps=10, gop=10)
+    if chunk is not None:
+        monkeypatch.setattr(predict, "_TRANSFORM_WHOLE_MAX_BYTES", 0)
+        monkeypatch.setattr(predict, "_TRANSFORM_CHUNK_BYTES", chunk * 160 * 120 * 3 * 4)
+        assert predict._transform_step(8, 120, 160) == chunk
+    p = Predictor(_tiny_model(sampling=sampling), num_crops=num_crops, batch_size=3)
+    wins, clips = _per_window(p, video, 1.2, 0.5)
+    assert len(wins) == 7 and all(w.indices.max() > v.indices.min() for w, v in zip(wins, wins[1:]))
+    assert any(set(w.indices) & set(v.indices) for w, v in zip(wins, wins[1:]))
+    assert sampling == "uniform" or len(set(wins[0].indices)) < 8
+    with VideoReader(video) as r:
+        got = list(predict._iter_window_inputs(r, wins, p.transform))
+    want = [predict._transform_in_chunks(p.transform, c) for c in clips]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == (num_crops, 3, 8, 64, 64) and g.equal(w)
+    pred = p.predict(video, window=1.2, stride=0.5)
+    np.testing.assert_array_equal(pred.window_scores, p.scores(clips))
+
+
 @pytest.fixture(scope="module")
-def two_lengths(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("timeline_memory")
-    return [generate_cheap_video(folder / f"{s}s.mp4", s, 30, 160, 120) for s in (12, 48)]
+def clip_1080p(tmp_path_factory):
+    return generate_cheap_video(tmp_path_factory.mktemp("hd") / "hd.mp4", 4, 30, 1920, 1080)
 
 
-def test_timeline_peak_memory_does_not_grow_with_length(two_lengths):
-    # Median of three fresh processes per length (VmHWM over the RSS after
-    # `import torch`, shipped default model, 4 s windows, one torch thread);
-    # the three run at once. 4x the length, 4x the windows, same peak.
-    def peaks(video: Path) -> list[dict]:
-        with ThreadPoolExecutor(3) as pool:
-            return list(pool.map(lambda _: measure(video, "pyav", 4.0, 4.0, timeout=300, threads=1), range(3)))
+def test_1080p_timeline_scores_equal_per_window_predictions(clip_1080p):
+    # The shipped model (8 frames, 64 px crops) at 1080p: one frame per
+    # transform call, each right after it is decoded; scores as before, bit for bit.
+    weights = default_weights()
+    if weights is None:
+        pytest.skip("no shipped default weights")
+    p = Predictor(weights)
+    assert predict._transform_step(p.num_frames, 1080, 1920) == 1
+    wins, clips = _per_window(p, str(clip_1080p), 1.0, 1.0)
+    assert len(wins) == 4
+    pred = p.predict(clip_1080p, window=1.0, stride=1.0)
+    np.testing.assert_array_equal(pred.window_scores, p.scores(clips))
+    assert pred.scores.argmax() == p.scores(clips).mean(0).argmax()
 
-    short, long = (peaks(v) for v in two_lengths)
-    assert [r["windows"] for r in short] == [3] * 3 and [r["windows"] for r in long] == [12] * 3
+
+def _peaks(video: Path, runs: int = 3) -> list[dict]:
+    # Fresh processes (VmHWM over the RSS after `import torch`, shipped default
+    # model, one torch thread), run at once.
+    with ThreadPoolExecutor(runs) as pool:
+        return list(pool.map(lambda _: measure(video, "pyav", 3.0, 3.0, timeout=300, threads=1), range(runs)))
+
+
+@pytest.mark.parametrize("width,height,seconds", [(160, 120, (12, 48)), (1920, 1080, (3, 12))])
+def test_timeline_peak_memory_does_not_grow_with_length(width, height, seconds, tmp_path):
+    # Median of three fresh processes per length, 3 s windows as the CLI's
+    # --window-s 3: 4x the length, 4x the windows, the same peak, under the bound.
+    short, long = (_peaks(generate_cheap_video(tmp_path / f"{s}s.mp4", s, 30, width, height)) for s in seconds)
+    assert [r["windows"] for r in short] == [seconds[0] // 3] * 3
+    assert [r["windows"] for r in long] == [seconds[1] // 3] * 3
     med_short = statistics.median(r["peak_over_torch_mib"] for r in short)
     med_long = statistics.median(r["peak_over_torch_mib"] for r in long)
-    assert med_long - med_short < 100, (short, long)
+    assert med_long - med_short < 50, (short, long)
     assert max(r["peak_over_torch_mib"] for r in short + long) < BOUND_MIB, (short, long)
 
 

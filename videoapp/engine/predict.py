@@ -15,10 +15,12 @@ windows, so no frame is decoded twice.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +29,6 @@ import torch.nn as nn
 from videoapp.data.sampling import (
     Window,
     clip_indices,
-    iter_window_clips,
     multiview_indices,
     sliding_windows,
     uniform_indices,
@@ -141,9 +142,19 @@ class ViewSampler:
 # on its own, but torch's bilinear kernel takes another (vectorised) path for
 # another number of planes, so chunks can differ from the whole clip by one
 # float32 ulp (~1e-7): clips up to _TRANSFORM_WHOLE_MAX_BYTES (360p x 16 frames,
-# 720p x 8) keep the one-call transform and its exact numbers.
+# 720p x 8) keep the one-call transform and its exact numbers. The timeline
+# makes the very same calls chunk by chunk while it decodes
+# (_iter_window_inputs), so both give the same bits.
 _TRANSFORM_CHUNK_BYTES = 32 * 2**20
 _TRANSFORM_WHOLE_MAX_BYTES = 96 * 2**20
+
+
+def _transform_step(num_frames: int, height: int, width: int) -> int:
+    """Frames per transform call for a clip ``[num_frames, height, width, 3]``; ``>= num_frames``: one call."""
+    frame_bytes = max(1, height * width * 3 * 4)
+    if num_frames * frame_bytes <= _TRANSFORM_WHOLE_MAX_BYTES:
+        return max(1, num_frames)
+    return max(1, _TRANSFORM_CHUNK_BYTES // frame_bytes)
 
 
 def _transform_in_chunks(transform: ClipTransform, clip: np.ndarray) -> torch.Tensor:
@@ -154,11 +165,108 @@ def _transform_in_chunks(transform: ClipTransform, clip: np.ndarray) -> torch.Te
     one-call result within one float32 ulp).
     """
     t, h, w = clip.shape[:3]
-    frame_bytes = max(1, h * w * 3 * 4)
-    if t * frame_bytes <= _TRANSFORM_WHOLE_MAX_BYTES:
+    step = _transform_step(t, h, w)
+    if step >= t:
         return transform(clip)
-    step = max(1, _TRANSFORM_CHUNK_BYTES // frame_bytes)
     return torch.cat([transform(clip[i:i + step]) for i in range(0, t, step)], dim=2)
+
+
+# The timeline gives the C heap's free pages back after each transform of at
+# least this many uint8 bytes (a 360p clip of 8 frames, one 1080p frame).
+_TRIM_MIN_BYTES = 4 * 2**20
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl and macOS have none
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows cannot open "no library"
+        return None
+
+
+def _return_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Why: torch allocates tensors with ``posix_memalign``, and glibc cannot put
+    the next block of a size into the hole a freed aligned block of that size
+    leaves (the aligned request is a few bytes larger, the neighbours stay in
+    use). The per-frame float copies of a 1080p timeline (25 MB each, under
+    glibc's 32 MB mmap limit, so on the heap) left ~350 MB of free but resident
+    heap on 30 s of 1080p. Returning it after each big transform bounds the
+    pass; the price is faulting those pages in again for the next frame.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _iter_window_inputs(reader: VideoReader, windows: Sequence[Window],
+                        transform: ClipTransform) -> Iterator[torch.Tensor]:
+    """The model input of each window, in the order given, from ONE sequential pass over ``reader``.
+
+    Yields float32 ``[num_crops, C, T, crop, crop]`` per window, bit for bit
+    ``_transform_in_chunks(transform, reader.get_frames(w.indices))``: the same
+    transform calls on the same frames (one call per chunk of
+    :func:`_transform_step` clip positions), each made as soon as its chunk's
+    last frame is decoded. A decoded frame is kept only until every chunk that
+    samples it is transformed, so what is held is the small model-resolution
+    tensors plus at most a chunk of full-size frames per window in progress
+    (one frame at 1080p), whatever the video's length or the window's span.
+    Raises ``RuntimeError`` if the video ends before a window is complete.
+    """
+    if not windows:
+        return
+    indices = [np.asarray(w.indices, dtype=np.int64) for w in windows]
+    needed = np.unique(np.concatenate(indices))
+    refs: dict[int, int] = {}  # frame -> chunks not yet transformed that sample it
+    buffer: dict[int, np.ndarray] = {}
+    chunks: list[tuple[int, int, int, int, int]] = []  # (last frame, window, number, start, stop)
+    parts: list[list[torch.Tensor]] = []
+    left: list[int] = []  # chunks still to transform, per window
+    nxt = 0  # chunks (sorted by last frame) transformed so far
+    done = 0  # windows yielded so far
+    for index, frame in reader.iter_frames(int(needed[0]), int(needed[-1]) + 1, only=needed):
+        if not chunks:  # the first frame gives the size, hence the chunks
+            for j, idx in enumerate(indices):
+                step = _transform_step(idx.size, frame.shape[0], frame.shape[1])
+                starts = range(0, idx.size, step)
+                for c, start in enumerate(starts):
+                    stop = min(start + step, idx.size)
+                    chunks.append((int(idx[stop - 1]), j, c, start, stop))
+                    for f in np.unique(idx[start:stop]).tolist():
+                        refs[f] = refs.get(f, 0) + 1
+                parts.append([torch.empty(0)] * len(starts))
+                left.append(len(starts))
+            chunks.sort()
+        if index not in refs:
+            continue
+        buffer[index] = frame
+        while nxt < len(chunks) and chunks[nxt][0] <= index:
+            _, j, c, start, stop = chunks[nxt]
+            nxt += 1
+            sel = indices[j][start:stop]
+            # One frame: a view, not a copy (the transform makes its own contiguous copies).
+            clip = buffer[int(sel[0])][None] if sel.size == 1 else np.stack([buffer[int(i)] for i in sel])
+            left[j] -= 1
+            for f in np.unique(sel).tolist():
+                refs[f] -= 1
+                if refs[f] == 0:
+                    del refs[f], buffer[f]  # before the transform: its float copy is the peak
+            parts[j][c] = transform(clip)
+            nbytes = clip.nbytes
+            del clip
+            if nbytes >= _TRIM_MIN_BYTES:
+                _return_free_heap()
+        if index in buffer:
+            # Still needed by a later chunk: keep a copy, not a view into the decoder's chunk array.
+            buffer[index] = np.array(frame, copy=True)
+        del frame
+        while done < len(windows) and left[done] == 0:
+            got, parts[done] = parts[done], []
+            done += 1
+            yield got[0] if len(got) == 1 else torch.cat(got, dim=2)
+    if done < len(windows):
+        raise RuntimeError(f"video ended before window {done} was complete")
 
 
 def view_probs(model: nn.Module, x: torch.Tensor, num_crops: int, bf16: bool = False) -> torch.Tensor:
@@ -258,6 +366,20 @@ class Predictor:
     @torch.inference_mode()
     def scores(self, clips: Iterable[np.ndarray]) -> np.ndarray:
         """Softmax probabilities ``[N, num_classes]`` for N uint8 clips ``[T, H, W, 3]``, crops averaged."""
+        def inputs() -> Iterator[torch.Tensor]:
+            for clip in clips:
+                x = _transform_in_chunks(self.transform, clip)
+                del clip  # the uint8 frames are not needed once transformed
+                yield x
+        return self._probs(inputs())
+
+    @torch.inference_mode()
+    def _probs(self, inputs: Iterable[torch.Tensor]) -> np.ndarray:
+        """Softmax probabilities ``[N, num_classes]`` for N transformed clips ``[num_crops, C, T, crop, crop]``.
+
+        Batches of ``batch_size`` clips, so the timeline (which transforms while
+        decoding) and :meth:`scores` run the model on the same batches.
+        """
         out: list[np.ndarray] = []
         batch: list[torch.Tensor] = []
 
@@ -266,9 +388,8 @@ class Predictor:
             out.append(view_probs(self.model, x, self.num_crops, self.bf16).cpu().numpy())
             batch.clear()
 
-        for clip in clips:
-            batch.append(_transform_in_chunks(self.transform, clip))
-            del clip  # the uint8 frames are not needed once transformed
+        for x in inputs:
+            batch.append(x)
             if len(batch) == self.batch_size:
                 flush()
         if batch:
@@ -333,14 +454,13 @@ class Predictor:
             wins = self.windows(n, info.fps, float(window), float(stride))
             bar = tqdm(total=len(wins), desc=Path(path).name, unit="win", disable=None if progress is None else not progress, leave=False)
 
-            def clips() -> Iterator[np.ndarray]:
-                for _, clip in iter_window_clips(reader, wins):
-                    yield clip
-                    del clip  # see WindowClipIterator: one full-size clip alive at a time
+            def inputs() -> Iterator[torch.Tensor]:
+                for x in _iter_window_inputs(reader, wins, self.transform):
+                    yield x
                     bar.update(1)
 
             try:
-                probs = self.scores(clips())
+                probs = self._probs(inputs())
             finally:
                 bar.close()
         mean = probs.mean(0)

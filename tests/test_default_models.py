@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from videoapp.cli import main as cli_main
-from videoapp.data.synthetic import CAMERA_MOTIONS, write_camera_motion_videos
+from videoapp.data.synthetic import CAMERA_MOTIONS, write_camera_motion_videos, write_large_mover_videos
 from videoapp.weights import WEIGHTS_DIR, default_weights, read_metadata
 
 SHIPPED = ("camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors", "camera_twins_xxs.safetensors")
@@ -110,6 +110,38 @@ def test_default_model_follows_a_continuous_shot(tmp_path):
     assert len(hits) >= 40
     acc = sum(hits) / len(hits)
     assert acc >= 0.90, f"{acc:.3f} of {len(hits)} windows right; wrong: {wrong[:10]}"
+
+
+# Still camera, 1-2 large person-like figures walking, waving or bending (held-out pictures): a tripod
+# recording of a person moving is "static", not "shake". Only the models trained with large movers
+# in their pools are held to it; the Twins, trained without, says static on ~48 % of such clips
+# (weights/README.md; before their retraining the MViTv2 said it on 76 %, the Hiera on 86.5 %).
+MOVERS_CHECKED = ("camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors")
+MOVER_CLIPS = 36
+MOVERS_SEED = 4711  # the large-mover generator's own seed space; no training pool or other test uses it
+REQUIRED_STATIC = 0.90
+
+
+@pytest.fixture(scope="module")
+def mover_clips(tmp_path_factory) -> list[tuple[Path, str]]:
+    return write_large_mover_videos(tmp_path_factory.mktemp("movers"), MOVER_CLIPS, split="test", seed=MOVERS_SEED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MOVERS_CHECKED)
+def test_large_movers_on_a_still_camera_are_static(name, mover_clips, tmp_path):
+    weights = _shipped(name)
+    assert read_metadata(weights)["train"]["config"]["data"]["pool"]["large_movers"] == 0.3
+    out = tmp_path / "pred.json"
+    assert cli_main(["predict", *(str(p) for p, _ in mover_clips), "--weights", str(weights),
+                     "--format", "json", "--out", str(out)]) == 0
+    preds = json.loads(out.read_text())
+    assert len(preds) == MOVER_CLIPS
+    said = [p["top_k"][0]["label"] for p in preds]
+    rate = said.count("static") / len(said)
+    wrong = [(Path(p["video"]).name, s) for p, s in zip(preds, said) if s != "static"]
+    print(f"{name}: static on {rate:.3f} of {len(said)} still-camera clips with large movers; wrong: {wrong}")
+    assert rate >= REQUIRED_STATIC, f"{name}: static on {rate:.3f} < {REQUIRED_STATIC} (wrong: {wrong[:10]})"
 
 
 # --------------------------------------------------------------------------- the shipped action detector

@@ -63,6 +63,11 @@ class PoolConfig:
     ``val_clips`` from held-out pictures, rendered once and cached in
     ``cache_dir`` (``workers`` processes). ``classes``: a subset of the camera
     motions (default all ten). ``augment``: label-swapping augmentations.
+    ``large_movers``: the probability (0-1) that a clip of either pool has
+    1-2 large person-like figures walking, waving or bending in it, whatever
+    the camera does (the label follows the camera only, so a tripod shot of a
+    walking person stays ``static``); 0 renders the pools as before the
+    option existed. It is part of the pools' cache key.
     """
 
     train_clips: int = 8000
@@ -72,6 +77,7 @@ class PoolConfig:
     cache_dir: str = ".cache/pools"
     workers: int = 2
     augment: list = field(default_factory=lambda: ["reverse", "hflip", "vflip", "transpose"])
+    large_movers: float = 0.0
 
 
 @dataclass

@@ -206,6 +206,8 @@ def _resolve_classes(cfg: Config):
         unknown = [c for c in classes if c not in CAMERA_MOTIONS]
         if unknown:
             raise ConfigError(f"data.pool.classes: unknown camera motions {unknown} (known: {', '.join(CAMERA_MOTIONS)})")
+        if not 0.0 <= d.pool.large_movers <= 1.0:
+            raise ConfigError(f"data.pool.large_movers: a probability in [0, 1], got {d.pool.large_movers}")
         return classes, None, None
     train_ann = D.read_annotations(d.source, d.train, d.root, d.labels)
     val_ann = D.read_annotations(d.source, d.val, d.root, train_ann.classes) if d.val else None
@@ -358,7 +360,7 @@ def build_datasets(cfg: Config, classes: list[str], data: dict, train_ann, val_a
 
         p = c.pool
         common = dict(num_frames=data["num_frames"], sampling_rate=data["sampling_rate"],
-                      crop_size=data["crop_size"], classes=classes)
+                      crop_size=data["crop_size"], classes=classes, large_movers=float(p.large_movers))
         specs = [("train", p.train_clips, p.seed)] + ([("test", p.val_clips, p.seed + 1)] if p.val_clips else [])
         pools = {}
         for split, n, s in specs:

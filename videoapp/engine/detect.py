@@ -341,14 +341,13 @@ class DetectionPredictor:
         from videoapp.engine.predict import resolve_weights_model
         from videoapp.models.detector import ActionDetector
         from videoapp.models import create_model, get_model_entry, get_pretrained_cfg
+        from videoapp.models.export import OnnxModel
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no CUDA device is available")
         if isinstance(model_or_weights, nn.Module):
             model = model_or_weights
         elif Path(model_or_weights).suffix.lower() == ".onnx":
-            from videoapp.models.export import OnnxModel
-
             # An exported detector ('videoapp export'): onnxruntime, protocol and labels from the file's metadata.
             model = OnnxModel(model_or_weights)
             if not model.detector:
@@ -360,8 +359,6 @@ class DetectionPredictor:
                 raise DetectError(f"{model_or_weights}: weights of the classifier '{name}'; detection needs "
                                   "detection weights (a *_ava model, task: detection)")
             model = create_model(name, pretrained=str(model_or_weights))
-        from videoapp.models.export import OnnxModel
-
         onnx = isinstance(model, OnnxModel) and model.detector
         if not isinstance(model, ActionDetector) and not onnx:
             raise DetectError(f"{type(model).__name__} is not an action detector (a *_ava model)")

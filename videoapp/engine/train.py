@@ -214,6 +214,16 @@ def _resolve_classes(cfg: Config):
     return list(train_ann.classes), train_ann, val_ann
 
 
+def _starts_backbone_only(cfg: Config) -> bool:
+    """Whether ``model.pretrained`` only starts a detector's backbone: a classifier's weights (ours or any
+    checkpoint of the backbone) under a detector, whose head and clip protocol then come from its own entry."""
+    from videoapp.models.registry import get_model_entry
+
+    pre = cfg.model.pretrained
+    return bool(pre) and get_model_entry(cfg.model.name).data.get("task") == "detection" \
+        and _weights_task(pre) != "detection"
+
+
 def _data_config(cfg: Config) -> dict:
     """Clip sampling and preprocessing: registry entry < pretrained weights' metadata < config.
 
@@ -223,11 +233,9 @@ def _data_config(cfg: Config) -> dict:
     from videoapp.models.registry import get_model_entry
     from videoapp.weights import DATA_KEYS, read_metadata
 
-    entry = get_model_entry(cfg.model.name)
-    data = dict(entry.data)
+    data = dict(get_model_entry(cfg.model.name).data)
     pre = cfg.model.pretrained
-    backbone_only = entry.data.get("task") == "detection" and pre and _weights_task(pre) != "detection"
-    if pre and str(pre).endswith(".safetensors") and Path(pre).is_file() and not backbone_only:
+    if pre and str(pre).endswith(".safetensors") and Path(pre).is_file() and not _starts_backbone_only(cfg):
         meta = read_metadata(pre)
         data.update({k: meta[k] for k in DATA_KEYS if k in meta})
     for k in ("num_frames", "sampling_rate", "crop_size", "mean", "std", "channel_order", "sampling"):
@@ -252,8 +260,7 @@ def build_model(cfg: Config, classes: Sequence[str], data: dict) -> nn.Module:
         if data[k] != entry.data[k] and k not in kwargs:
             kwargs[k] = data[k]
     pretrained, backbone_init = cfg.model.pretrained, None
-    if entry.data.get("task") == "detection" and pretrained and _weights_task(pretrained) != "detection":
-        # A classifier's weights (ours or any checkpoint of the backbone) start the detector's backbone.
+    if _starts_backbone_only(cfg):
         pretrained, backbone_init = None, pretrained
     model = create_model(cfg.model.name, pretrained=pretrained, num_classes=len(classes), **kwargs)
     if backbone_init is not None:

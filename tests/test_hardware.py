@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from videoapp.hardware import bf16_kind, cpu_flags, describe_cpu, parse_cpu_flags
+from videoapp.hardware import ISA_CAP_VARIABLES, bf16_kind, cpu_flags, describe_cpu, isa_cap, parse_cpu_flags
 
 # Trimmed from real /proc/cpuinfo files: two logical CPUs each, as the kernel writes them.
 _TEMPLATE = """processor\t: {i}
@@ -19,6 +19,13 @@ SAPPHIRE_RAPIDS = ("GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+",
                    "fpu sse2 avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8")
 ZEN5 = ("AuthenticAMD", "AMD EPYC 9R45", "fpu sse2 avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16")
 HASWELL = ("GenuineIntel", "Intel(R) Xeon(R) CPU E5-2690 v3", "fpu sse2 avx fma avx2")
+
+
+@pytest.fixture(autouse=True)
+def _no_isa_cap(monkeypatch):
+    # A developer timing the AVX512-BF16 path with ONEDNN_MAX_CPU_ISA set must not change these tests.
+    for name in ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 def _cpuinfo(tmp_path: Path, vendor: str, model: str, flags: str) -> Path:
@@ -57,3 +64,32 @@ def test_missing_or_flagless_cpuinfo(tmp_path):
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\nCPU implementer\t: 0x41\n")
     assert cpu_flags(arm) == set()
     assert "; flags ?; bf16 emulated" in describe_cpu(arm)
+
+
+@pytest.mark.parametrize("cap, on_amx, on_zen5", [
+    ("", "amx", "avx512_bf16"),
+    ("ALL", "amx", "avx512_bf16"),
+    ("AVX512_CORE_AMX", "amx", "avx512_bf16"),
+    ("avx10_1_512_amx_fp16", "amx", "avx512_bf16"),  # oneDNN accepts any case
+    ("AVX10_1_512", "avx512_bf16", "avx512_bf16"),
+    ("AVX512_CORE_FP16", "avx512_bf16", "avx512_bf16"),
+    ("AVX512_CORE_BF16", "avx512_bf16", "avx512_bf16"),
+    ("AVX512_CORE_VNNI", "emulated", "emulated"),
+    ("AVX2", "emulated", "emulated"),
+])
+def test_onednn_isa_cap_lowers_the_kind(cap, on_amx, on_zen5):
+    # The cap never raises a kind above what the CPU has (Haswell stays emulated under any cap).
+    assert bf16_kind(set(SAPPHIRE_RAPIDS[2].split()), cap.upper()) == on_amx
+    assert bf16_kind(set(ZEN5[2].split()), cap.upper()) == on_zen5
+    assert bf16_kind(set(HASWELL[2].split()), cap.upper()) == "emulated"
+
+
+def test_isa_cap_read_from_the_environment(tmp_path, monkeypatch):
+    assert isa_cap({}) == ""
+    assert isa_cap({"DNNL_MAX_CPU_ISA": " avx512_core_bf16 "}) == "AVX512_CORE_BF16"
+    # The current name wins over the old one, as in oneDNN.
+    assert isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "ALL"}) == "AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    path = _cpuinfo(tmp_path, *SAPPHIRE_RAPIDS)
+    assert bf16_kind(cpu_flags(path)) == "avx512_bf16"
+    assert describe_cpu(path).endswith("; bf16 avx512_bf16 (oneDNN capped at AVX512_CORE_BF16)")

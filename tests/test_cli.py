@@ -112,6 +112,17 @@ def test_predict_timeline_text_csv_and_out_file(capsys, tiny_weights, clip, tmp_
     assert "timeline:" in out and "0.00-   1.50 s" in out and "1.50-   3.00 s" in out
 
 
+@pytest.mark.parametrize("kind, warned", [("emulated", True), ("avx512_bf16", False), ("amx", False)])
+def test_bf16_on_a_cpu_that_emulates_it_warns(capsys, tiny_weights, clip, monkeypatch, kind, warned):
+    monkeypatch.setattr("videoapp.hardware.bf16_kind", lambda *a, **k: kind)
+    code, out, err = run_cli(capsys, "predict", clip, "--weights", tiny_weights, "--bf16", "--top-k", "1")
+    assert code == 0 and out.startswith(clip), err
+    assert ("warning: --bf16 on a CPU without AVX512-BF16 or AMX" in err) == warned
+    # Without --bf16 (or on a GPU) there is nothing to warn about.
+    code, _, err = run_cli(capsys, "predict", clip, "--weights", tiny_weights, "--top-k", "1")
+    assert code == 0 and "warning" not in err
+
+
 def test_untrained_fallback_says_so(capsys, clip, monkeypatch):
     monkeypatch.setattr("videoapp.weights.default_weights", lambda: None)
     code, out, err = run_cli(capsys, "predict", clip, "--top-k", "2")

@@ -791,6 +791,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- entry point
 
 
+def _warn_if_bf16_emulated(args: argparse.Namespace) -> None:
+    """One warning line when ``--bf16`` asks for bf16 on a CPU that only emulates it."""
+    from videoapp.hardware import bf16_kind
+
+    if getattr(args, "bf16", False) and str(getattr(args, "device", "cpu")) == "cpu" and bf16_kind() == "emulated":
+        print(f"{PROG}: warning: --bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated there and "
+              "usually slower than float32", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
@@ -806,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from videoapp.models.registry import UnknownModelError
     from videoapp.weights import CheckpointError
 
+    _warn_if_bf16_emulated(args)
     try:
         return int(args.func(args) or 0)
     except (UsageError, VideoError, CheckpointError, UnknownModelError, ValueError) as exc:

@@ -18,6 +18,10 @@ weights saved under ``.bench/eval/``) and a generated class-per-folder set of
 with the small model, >= 0.95 with MViTv2-S on a 2-core machine). "where the
 time goes" splits the eval loop: forward (main process), waiting for decoded
 views (main process idle), and the decoding time spent inside the workers.
+"ceiling" is the ratio when decoding finds no idle core (the forward's torch
+threads use them all, as with the default 2 threads on 2 cores): its CPU time
+then adds to the forward's, so ratio <= forward / (forward + decode). Measure
+on a quiet machine: other jobs slow the forward passes and flatter the ratio.
 
 The header prints the CPU (``videoapp.hardware.describe_cpu``): with
 ``avx512_bf16`` or ``amx_bf16`` bf16 runs natively; with AVX2 only it is
@@ -103,6 +107,19 @@ def run_eval(weights: Path, data: Path, protocol: str, batch_size: int, workers:
                         workers=workers, out=Path(tmp) / "report.json", progress=False).report
 
 
+def ratio_ceiling(forward_s: float, decode_s: float, threads: int) -> float:
+    """The best eval/forward ratio possible when the model's ``threads`` already use every core.
+
+    Decoding and preprocessing (``decode_s`` of CPU time in the workers) then
+    have no idle core to hide in: every second of it is taken from the
+    forward passes (``forward_s`` alone), so at best the two add up. With
+    fewer threads than cores the workers have cores of their own: 1.0.
+    """
+    if threads < (os.cpu_count() or 1):
+        return 1.0
+    return forward_s / (forward_s + decode_s)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmark and print the table; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -123,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{args.videos} videos 320x240 30 fps 10 s H.264, protocol {args.protocol}, batch {args.batch_size} views, "
           f"{args.workers} decoding worker(s), {args.threads} torch threads")
     header = (f"{'model':16s} {'model clips/s':>13s} {'eval clips/s':>12s} {'ratio':>6s} {'videos/s':>9s} "
-              f"{'forward s':>9s} {'wait s':>7s} {'decode s':>9s} {'set-up s':>9s}")
+              f"{'forward s':>9s} {'wait s':>7s} {'decode s':>9s} {'set-up s':>9s} {'ceiling':>8s}")
     print(header)
     print("-" * len(header))
     for name in args.models.split(","):
@@ -134,9 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         model_rate = clips / fwd_s
         print(f"{name:16s} {model_rate:13.2f} {t['clips_per_s']:12.2f} {t['clips_per_s'] / model_rate:6.2f} "
               f"{t['videos_per_s']:9.3f} {t['forward_s']:9.2f} {t['wait_for_data_s']:7.2f} "
-              f"{t['decode_s_in_workers']:9.2f} {t['total_s'] - t['wall_s']:9.2f}", flush=True)
+              f"{t['decode_s_in_workers']:9.2f} {t['total_s'] - t['wall_s']:9.2f} "
+              f"{ratio_ceiling(fwd_s, t['decode_s_in_workers'], args.threads):8.2f}", flush=True)
     print("forward s: model time in the eval loop; wait s: main process idle waiting for decoded views; "
-          "decode s: decoding + preprocessing inside the workers (overlapped); set-up s: model load + dataset scan.")
+          "decode s: decoding + preprocessing inside the workers (overlapped); set-up s: model load + dataset scan; "
+          "ceiling: the best ratio when the forward keeps every core busy (ratio_ceiling).")
     return 0
 
 

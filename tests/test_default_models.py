@@ -113,13 +113,14 @@ def test_default_model_follows_a_continuous_shot(tmp_path):
 
 
 # Still camera, 1-2 large person-like figures walking, waving or bending (held-out pictures): a tripod
-# recording of a person moving is "static", not "shake". Only the models trained with large movers
-# in their pools are held to it; the Twins, trained without, says static on ~48 % of such clips
-# (weights/README.md; before their retraining the MViTv2 said it on 76 %, the Hiera on 86.5 %).
-MOVERS_CHECKED = ("camera_mvitv2_xxs.safetensors", "camera_hiera_xxs.safetensors")
+# recording of a person moving is "static", not "shake". Every shipped classifier saw large movers in
+# training; the Twins reaches less (83 % static on 200 held-out clips, 28 of these 36; weights/README.md)
+# and is held to a lower bar. Before the movers: MViTv2 76 %, Hiera 86.5 %, Twins 47.5 %.
+REQUIRED_STATIC = {"camera_mvitv2_xxs.safetensors": 0.90, "camera_hiera_xxs.safetensors": 0.90,
+                   "camera_twins_xxs.safetensors": 0.70}
+MOVERS_CHECKED = tuple(REQUIRED_STATIC)
 MOVER_CLIPS = 36
 MOVERS_SEED = 4711  # the large-mover generator's own seed space; no training pool or other test uses it
-REQUIRED_STATIC = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_large_movers_on_a_still_camera_are_static(name, mover_clips, tmp_path):
     rate = said.count("static") / len(said)
     wrong = [(Path(p["video"]).name, s) for p, s in zip(preds, said) if s != "static"]
     print(f"{name}: static on {rate:.3f} of {len(said)} still-camera clips with large movers; wrong: {wrong}")
-    assert rate >= REQUIRED_STATIC, f"{name}: static on {rate:.3f} < {REQUIRED_STATIC} (wrong: {wrong[:10]})"
+    assert rate >= REQUIRED_STATIC[name], f"{name}: static on {rate:.3f} < {REQUIRED_STATIC[name]} (wrong: {wrong[:10]})"
 
 
 # --------------------------------------------------------------------------- the shipped action detector

@@ -24,9 +24,10 @@ an AVX2-only CPU bf16 is emulated and the bench says the target does not apply.
 Below the targets, the ratio of a bf16 to a float32 ``F.linear`` (the
 [3136, 768] x [768, 3072] product of MViTv2-S's first MLP, best of 5) on this
 CPU: the 2.5x-over-fp32 target presumes bf16 matmuls about twice as fast as
-float32 ones, which AMX and AMD Zen 4/5 give; Intel's AVX512-BF16 without AMX
-(``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` on an AMX machine times that path)
-does not, and there the target cannot be met whatever the model does.
+float32 ones. AMX gives far more (about 8x on the development Xeon); Intel's
+AVX512-BF16 without AMX (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` on an AMX
+machine times that path) gives less than 1x, and there the target cannot be
+met whatever the model does (README, "Speed").
 
 Peak memory: one more call per configuration; the process's peak resident
 memory (VmHWM, reset through ``/proc/self/clear_refs`` after ``malloc_trim``)

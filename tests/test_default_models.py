@@ -114,10 +114,10 @@ def test_default_model_follows_a_continuous_shot(tmp_path):
 
 # Still camera, 1-2 large person-like figures walking, waving or bending (held-out pictures): a tripod
 # recording of a person moving is "static", not "shake". Every shipped classifier saw large movers in
-# training; the Twins reaches less (83 % static on 200 held-out clips, 28 of these 36; weights/README.md)
-# and is held to a lower bar. Before the movers: MViTv2 76 %, Hiera 86.5 %, Twins 47.5 %.
+# training (weights/README.md; before them: MViTv2 76 %, Hiera 86.5 %, Twins 47.5 % static). On the 200
+# held-out clips of weights/README.md the Twins is at 92 %, but 32 of these 36 (89 %): its bar is 85 %.
 REQUIRED_STATIC = {"camera_mvitv2_xxs.safetensors": 0.90, "camera_hiera_xxs.safetensors": 0.90,
-                   "camera_twins_xxs.safetensors": 0.70}
+                   "camera_twins_xxs.safetensors": 0.85}
 MOVERS_CHECKED = tuple(REQUIRED_STATIC)
 MOVER_CLIPS = 36
 MOVERS_SEED = 4711  # the large-mover generator's own seed space; no training pool or other test uses it

@@ -122,10 +122,10 @@ def _prod(xs: Sequence[int]) -> int:
     return math.prod(int(x) for x in xs)
 
 
-def _plain_linear(m: nn.Module | None) -> bool:
-    # Only an untouched nn.Linear may be computed with F.linear on pre-cast weights:
-    # a subclass, an adapter or a hook would be skipped.
-    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+def _untouched(m: nn.Module | None, cls: type = nn.Linear) -> bool:
+    # Only an untouched module of exactly ``cls`` may be bypassed (an nn.Linear computed with
+    # F.linear on pre-cast weights, an Mlp unrolled): a subclass, an adapter or a hook would be skipped.
+    return type(m) is cls and not (m._forward_hooks or m._forward_pre_hooks)
 
 
 def _autocast_weights(layers: Sequence[nn.Module | None], device_type: str) -> dict[nn.Module, tuple]:
@@ -140,7 +140,7 @@ def _autocast_weights(layers: Sequence[nn.Module | None], device_type: str) -> d
         return {}
     dtype = torch.get_autocast_dtype(device_type)
     return {m: (m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype))
-            for m in layers if _plain_linear(m) and m.weight.dtype != dtype}
+            for m in layers if _untouched(m) and m.weight.dtype != dtype}
 
 
 def _linear(layer: nn.Module, x: torch.Tensor, cast: dict[nn.Module, tuple] | None) -> torch.Tensor:
@@ -488,8 +488,8 @@ class MultiScaleBlock(nn.Module):
         # Autograd needs out-of-place ops, and drop-path one mask per sample: no chunks.
         inplace = not (needs_grad or self.training)
         if (inplace and torch.is_autocast_enabled(dev) and xn.dtype == torch.float32
-                and all(_plain_linear(m) for m in (attn.q, attn.k, attn.v))
-                and (self.proj is None or not self.dim_mul_in_att or _plain_linear(self.proj))):
+                and all(_untouched(m) for m in (attn.q, attn.k, attn.v))
+                and (self.proj is None or not self.dim_mul_in_att or _untouched(self.proj))):
             # Every reader of xn is a Linear that autocast would feed a low-precision copy of it:
             # make that copy once instead of once per q, k, v (and skip proj). Same values.
             xn = xn.to(torch.get_autocast_dtype(dev))
@@ -497,8 +497,7 @@ class MultiScaleBlock(nn.Module):
         skip_cls, skip_tok = self._skip(x, xn, thw, cls_only)
         p = self.attn.num_prefix
         # The row part below runs once per chunk: cast its Linear weights once for all chunks.
-        mlp_ok = type(self.mlp) is Mlp and not (self.mlp._forward_hooks or self.mlp._forward_pre_hooks)
-        row_linears = (attn.proj,) + ((self.mlp.fc1, self.mlp.fc2) if mlp_ok else ())
+        row_linears = (attn.proj,) + ((self.mlp.fc1, self.mlp.fc2) if _untouched(self.mlp, Mlp) else ())
         if not self.dim_mul_in_att:
             row_linears += (self.proj,)
         cast = _autocast_weights(row_linears, dev) if inplace else None

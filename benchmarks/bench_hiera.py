@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from videoapp.models.hiera import convert_official  # noqa: E402
-from videoapp.hardware import describe_cpu  # noqa: E402
+from videoapp.hardware import describe_cpu, load_average  # noqa: E402
 from videoapp.models import create_model  # noqa: E402
 
 NAME = "hiera_base_16x224"
@@ -73,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(2)
     official, ours = build_models()
     x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(1))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     print(f"{NAME}, input {tuple(x.shape)}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"load average before {load:.2f}")
     print(f"CPU: {describe_cpu()}")
@@ -110,7 +109,7 @@ def main() -> None:
             notes += f"; ours bf16 vs official fp32 {r['max_rel_diff_vs_fp32']:.1e}"
         print(f"{r['mode']:<6} {r['official_s']:>11.3f} {r['ours_s']:>8.3f} {r['ratio']:>6.2f}x {r['max_rel_diff']:>13.1e}  "
               f"{notes}")
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_after = load_average()
     print(f"\nload average after {load_after:.2f} (above ~2 the CPU was shared and timings are inflated)")
     if args.json:
         args.json.write_text(json.dumps({"model": NAME, "cpu": describe_cpu(), "rows": rows, "load_before": load,

@@ -37,7 +37,6 @@ elsewhere).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -51,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from videoapp.hardware import bf16_kind, describe_cpu  # noqa: E402
+from videoapp.hardware import bf16_kind, describe_cpu, load_average  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"
 # (name, numerator, denominator, minimum ratio of best times): the bf16 targets.
@@ -131,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     reference, ours = build_models(BENCH_DIR / "mvit_v2_s_random_seed0.pth")
     x = torch.randn(args.batch, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
 

@@ -167,9 +167,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from videoapp.hardware import describe_cpu
+    from videoapp.hardware import describe_cpu, load_average
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     print(f"cpu: {describe_cpu()}, {os.cpu_count()} cores, load average {load:.2f}", flush=True)
     video = args.video
     if video is None:

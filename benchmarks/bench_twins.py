@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from _memory import peak_memory_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from videoapp.hardware import describe_cpu  # noqa: E402
+from videoapp.hardware import describe_cpu, load_average  # noqa: E402
 from videoapp.models import create_model  # noqa: E402
 
 MODELS = [
@@ -93,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.manual_seed(0)
         models[label] = create_model(name).eval()
     x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
 
     gflops = {label: count_gflops(model, x) for label, model in models.items()}
     calls = {label: call(model, x) for label, model in models.items()}
@@ -106,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             fn()
             times[label].append(time.perf_counter() - start)
     memory = {label: peak_memory_mib(fn) for label, fn in calls.items()}
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_after = load_average()
 
     print(f"Video models, fp32 forward, input {tuple(x.shape)}, {args.threads} threads, torch {torch.__version__}, "
           f"{describe_cpu()}; best/median of {args.reps} after 1 warm-up; load average {load:.2f} before, "

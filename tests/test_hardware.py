@@ -1,11 +1,15 @@
 """videoapp.hardware: CPU flags from fake /proc/cpuinfo files, one per bf16 kind."""
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import pytest
 
-from videoapp.hardware import ISA_CAP_VARIABLES, bf16_kind, cpu_flags, describe_cpu, isa_cap, parse_cpu_flags
+from videoapp.hardware import (
+    ISA_CAP_VARIABLES, bf16_kind, cpu_flags, describe_cpu, isa_cap, load_average, parse_cpu_flags,
+)
 
 # Trimmed from real /proc/cpuinfo files: two logical CPUs each, as the kernel writes them.
 _TEMPLATE = """processor\t: {i}
@@ -96,3 +100,11 @@ def test_isa_cap_read_from_the_environment(tmp_path, monkeypatch):
     path = _cpuinfo(tmp_path, *SAPPHIRE_RAPIDS)
     assert bf16_kind(cpu_flags(path)) == "avx512_bf16"
     assert describe_cpu(path).endswith("; bf16 avx512_bf16 (oneDNN capped at AVX512_CORE_BF16)")
+
+
+def test_load_average_is_the_one_minute_figure():
+    load = load_average()
+    if hasattr(os, "getloadavg"):
+        assert load >= 0 and abs(load - os.getloadavg()[0]) < 5  # the machine may change between the two reads
+    else:
+        assert math.isnan(load)

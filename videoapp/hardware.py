@@ -100,6 +100,15 @@ def bf16_kind(flags: Optional[set[str]] = None, cap: Optional[str] = None) -> Bf
     return kind if _KIND_RANK[kind] <= _KIND_RANK[allowed] else allowed
 
 
+def load_average() -> float:
+    """The 1-minute load average (runnable processes), ``nan`` where the OS has none (Windows).
+
+    Benchmarks print it beside their timings: a busy machine slows some
+    configurations far more than others, so their ratios are only comparable quiet.
+    """
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def _model_name(text: str) -> str:
     for line in text.splitlines():
         key, sep, value = line.partition(":")
